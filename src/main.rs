@@ -1,1 +1,217 @@
-fn main() {}
+//! Wiring: parse the command line, then start (and stop, in order) the rooms.
+//!
+//! This is the only file that spawns the long-lived tasks and threads; each has an owner
+//! here that waits for it at shutdown.
+
+use anyhow::Context;
+use clap::Parser;
+use gt06::cli::{Cli, Command, ServeArgs};
+use gt06::config::{Config, ConfigError, Overrides, Settings};
+use gt06::ingest::{self, IngestCtx, Online};
+use gt06::protocol::SplitOptions;
+use gt06::store::{self, Store};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve_main(args),
+        Command::Simulate(args) => gt06::simulate::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gt06: {e:#}");
+            // Bad configuration is the operator's to fix (2); everything else is a
+            // runtime failure (1).
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        tcp_listen: args.tcp_listen.clone(),
+        http_listen: args.http_listen.clone(),
+    };
+    let settings = Config::load(args.config.as_deref())?
+        .with_overrides(&overrides)
+        .validate()?;
+    init_logging(&settings.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gt06-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(settings))
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_target(false);
+    // journald stamps every line itself; a second timestamp is noise.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().with_ansi(false).init();
+    } else {
+        fmt.init();
+    }
+}
+
+/// Binds with SO_REUSEADDR so a restart never trips over TIME_WAIT, and turns "address
+/// in use" into one line naming the address and, where /proc tells, who holds it.
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .with_context(|| format!("cannot create a socket for {what} on {addr}"))?;
+    sock.set_reuseaddr(true)
+        .with_context(|| format!("cannot set SO_REUSEADDR for {addr}"))?;
+    if let Err(e) = sock.bind(addr) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            let holder = gt06::ops::port_holder(addr)
+                .map(|(pid, cmd)| format!(" (held by pid {pid}: {cmd})"))
+                .unwrap_or_default();
+            anyhow::bail!("cannot listen on {addr} for {what}: address already in use{holder}");
+        }
+        return Err(e).with_context(|| format!("cannot listen on {addr} for {what}"));
+    }
+    sock.listen(1024)
+        .with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+async fn serve(s: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
+    let tcp = bind(s.tcp_listen, "GT06 trackers")?;
+    let http = bind(s.http_listen, "HTTP")?;
+    let store = Store::open(
+        &s.data_dir,
+        store::OpenOptions {
+            cache_bytes: s.cache_bytes,
+        },
+    )?;
+    let (writer, writer_thread) = store::writer::spawn(store.clone(), s.max_batch)
+        .context("cannot start the store writer")?;
+    let tcp_addr = tcp.local_addr()?;
+    let http_addr = http.local_addr()?;
+    write_ports(&s.data_dir, tcp_addr, http_addr)?;
+    tracing::info!(tcp = %tcp_addr, http = %http_addr, data_dir = %s.data_dir.display(), "gt06 listening");
+
+    let cancel = CancellationToken::new();
+    let online = Online::default();
+    let ingest_ctx = Arc::new(IngestCtx {
+        writer,
+        online: online.clone(),
+        idle_timeout: s.idle_timeout,
+        write_timeout: s.write_timeout,
+        split: SplitOptions {
+            max_frame: s.max_frame_bytes,
+            lenient_crc: s.lenient_crc,
+        },
+    });
+    let sessions = TaskTracker::new();
+    let http_conns = TaskTracker::new();
+    let ingest_task = tokio::spawn(ingest::serve(
+        tcp,
+        ingest_ctx,
+        cancel.clone(),
+        sessions.clone(),
+    ));
+    let app = Arc::new(gt06::http::App {
+        store: store.clone(),
+        online,
+    });
+    let http_cancel = CancellationToken::new();
+    let http_task = tokio::spawn(gt06::http::serve(
+        http,
+        app,
+        http_cancel.clone(),
+        http_conns.clone(),
+    ));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections");
+    cancel.cancel();
+    let _ = ingest_task.await;
+    sessions.close();
+    if tokio::time::timeout(Duration::from_secs(10), sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tracker sessions did not end within 10 s");
+    }
+    // The last session held the last writer handle: the writer now drains and stops.
+    tracing::info!("sessions ended; draining the store writer");
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("store writer ended abnormally");
+    }
+    http_cancel.cancel();
+    let _ = http_task.await;
+    http_conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_conns.wait()).await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// `DATA_DIR/ports.json`, written atomically once both listeners are bound, so a script
+/// that sees the file can connect.
+fn write_ports(dir: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
+    // A wildcard listen address is reachable on loopback; that is what a script wants.
+    let reachable = |mut a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            a.set_ip(if a.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        a
+    };
+    let (tcp, http) = (reachable(tcp), reachable(http));
+    let body = serde_json::json!({ "tcp": tcp.to_string(), "http": http.to_string() });
+    let tmp = dir.join("ports.json.tmp");
+    let dst = dir.join("ports.json");
+    std::fs::write(&tmp, body.to_string())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dst).with_context(|| format!("cannot write {}", dst.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -21,3 +21,6 @@ pub use decode::{decode, DecodeCtx, DecodeError};
 pub use frame::{split, Form, Frame, FrameError, SplitOptions};
 pub use reply::reply;
 pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -71,10 +71,8 @@ impl DeviceTime {
             return None;
         }
         let days = days_from_civil(y, m, d);
-        let secs = days * 86_400
-            + self.hour as i64 * 3600
-            + self.minute as i64 * 60
-            + self.second as i64;
+        let secs =
+            days * 86_400 + self.hour as i64 * 3600 + self.minute as i64 * 60 + self.second as i64;
         Some(secs * 1000)
     }
 
@@ -135,7 +133,7 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// One GPS fix (the 18-byte GPS block of §5.2), signs applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Gps {
     /// Device's date/time fields; `None` when they are all zero or impossible.
     pub time: Option<DeviceTime>,
@@ -163,7 +161,7 @@ impl Gps {
 }
 
 /// Serving cell. 2G frames carry u16 LAC / u24 cell; 4G frames u32 / u64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Lbs {
     pub mcc: u16,
     pub mnc: u16,
@@ -260,7 +258,7 @@ impl AlarmKind {
 }
 
 /// A location report: GPS plus whatever the frame carried beside it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Location {
     pub gps: Gps,
     pub lbs: Option<Lbs>,
@@ -301,9 +299,14 @@ pub enum Message {
     Location(Location),
     Alarm(Alarm),
     /// A protocol number we recognise as carrying nothing to store, with why.
-    Ignored { proto: u8, reason: &'static str },
+    Ignored {
+        proto: u8,
+        reason: &'static str,
+    },
     /// A protocol number we do not decode. Logged and counted, never stored.
-    Unknown { proto: u8 },
+    Unknown {
+        proto: u8,
+    },
 }
 
 impl Message {

@@ -1,0 +1,442 @@
+//! Settings: embedded defaults < `gt06.toml` < command-line flags.
+//!
+//! This room parses and validates configuration and names the offending key when it is
+//! wrong. It never opens sockets or files other than the config file itself; `main.rs`
+//! acts on what it returns. Every key here is documented, with its default, in
+//! `gt06.toml.example`, and a test keeps the two in step.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, always tied to the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {problem}")]
+    Syntax { path: PathBuf, problem: String },
+    #[error("config key `{key}`: {problem}")]
+    Key { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_unreadable",
+            ConfigError::Syntax { .. } => "config_syntax",
+            ConfigError::Key { .. } => "config_key",
+        }
+    }
+
+    fn key(key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Key {
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The whole configuration. Field docs are the text of `gt06.toml.example`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the whole state (the sled store and `ports.json`).
+    /// Default `./gt06-data`; the packaged service uses `/var/lib/gt06`.
+    pub data_dir: PathBuf,
+    pub tcp: TcpConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub protocol: ProtocolConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address the GT06 trackers connect to. Port 0 picks a free port.
+    pub listen: String,
+    /// Seconds without a byte from a tracker before its connection is closed. Trackers
+    /// send a heartbeat every few minutes, so the default leaves room for two missed ones.
+    pub idle_timeout_secs: u64,
+    /// Seconds a reply may take to be written before the connection is dropped.
+    pub write_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the web map, JSON API and health endpoints. Port 0 picks a free port.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Largest number of records the writer applies in one group commit.
+    pub max_batch: usize,
+    /// sled's page cache in MiB. sled 0.34 defaults to 1 GiB, a budget too large for the
+    /// small VMs this runs on.
+    pub cache_mb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtocolConfig {
+    /// Largest frame a tracker may declare, in bytes. A larger length means the stream
+    /// lost sync (or is not GT06), and the connection is closed.
+    pub max_frame_bytes: usize,
+    /// `"strict"`: frames whose CRC does not match are dropped (the vendor's rule).
+    /// `"lenient"`: such frames are decoded anyway (some cheap clones compute it wrong).
+    pub crc: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log filter, e.g. `"info"` or `"gt06=debug"`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./gt06-data"),
+            tcp: TcpConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            protocol: ProtocolConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            listen: "0.0.0.0:5023".into(),
+            idle_timeout_secs: 600,
+            write_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_batch: 4096,
+            cache_mb: 64,
+        }
+    }
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            max_frame_bytes: 2048,
+            crc: "strict".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Flags that override the file (all optional: absent means "keep the file's value").
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub tcp_listen: Option<String>,
+    pub http_listen: Option<String>,
+}
+
+/// Settings after validation, in the types the rest of the program uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub tcp_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub idle_timeout: std::time::Duration,
+    pub write_timeout: std::time::Duration,
+    pub max_batch: usize,
+    pub cache_bytes: u64,
+    pub max_frame_bytes: usize,
+    pub lenient_crc: bool,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses a config file's text. Unknown keys and wrong types name the key.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    problem: one_line(&e.to_string()),
+                })?;
+        let known = toml::Table::try_from(Config::default()).unwrap_or_default();
+        check_known_keys(&table, &known, "")?;
+        let value = toml::Value::Table(table);
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::key(&key, one_line(&e.inner().to_string()))
+        })
+    }
+
+    /// Reads `path`, or returns the defaults when no file is given.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Applies command-line flags on top of this config.
+    pub fn with_overrides(mut self, o: &Overrides) -> Config {
+        if let Some(d) = &o.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(a) = &o.tcp_listen {
+            self.tcp.listen = a.clone();
+        }
+        if let Some(a) = &o.http_listen {
+            self.http.listen = a.clone();
+        }
+        self
+    }
+
+    /// Checks every value and converts it to the type used at run time.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|_| {
+                ConfigError::key(key, format!("`{v}` is not an address like 0.0.0.0:5023"))
+            })
+        };
+        let tcp_listen = addr("tcp.listen", &self.tcp.listen)?;
+        let http_listen = addr("http.listen", &self.http.listen)?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::key("data_dir", "must not be empty"));
+        }
+        if self.tcp.idle_timeout_secs == 0 {
+            return Err(ConfigError::key(
+                "tcp.idle_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.tcp.write_timeout_secs == 0 {
+            return Err(ConfigError::key(
+                "tcp.write_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.store.max_batch) {
+            return Err(ConfigError::key(
+                "store.max_batch",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=65_536).contains(&self.store.cache_mb) {
+            return Err(ConfigError::key(
+                "store.cache_mb",
+                "must be between 1 and 65536",
+            ));
+        }
+        // 64 KiB is the largest size a 0x7979 length field can declare.
+        if !(64..=65_541).contains(&self.protocol.max_frame_bytes) {
+            return Err(ConfigError::key(
+                "protocol.max_frame_bytes",
+                "must be between 64 and 65541",
+            ));
+        }
+        let lenient_crc = match self.protocol.crc.as_str() {
+            "strict" => false,
+            "lenient" => true,
+            other => {
+                return Err(ConfigError::key(
+                    "protocol.crc",
+                    format!("`{other}` is neither \"strict\" nor \"lenient\""),
+                ))
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::key(
+                "log.level",
+                format!("`{}` is not a log filter like \"info\"", self.log.level),
+            ));
+        }
+        Ok(Settings {
+            data_dir: self.data_dir.clone(),
+            tcp_listen,
+            http_listen,
+            idle_timeout: std::time::Duration::from_secs(self.tcp.idle_timeout_secs),
+            write_timeout: std::time::Duration::from_secs(self.tcp.write_timeout_secs),
+            max_batch: self.store.max_batch,
+            cache_bytes: self.store.cache_mb * 1024 * 1024,
+            max_frame_bytes: self.protocol.max_frame_bytes,
+            lenient_crc,
+            log_level: self.log.level.clone(),
+        })
+    }
+}
+
+/// Rejects keys that `known` (the default config as a table) does not have, naming the
+/// full dotted key; serde's own message would only name the table.
+fn check_known_keys(t: &toml::Table, known: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    for (k, v) in t {
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match known.get(k) {
+            None => return Err(ConfigError::key(&full, "unknown key")),
+            Some(toml::Value::Table(kt)) => {
+                if let toml::Value::Table(vt) = v {
+                    check_known_keys(vt, kt, &full)?;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// toml's messages span several lines with a source excerpt; an operator's terminal
+/// and journald want one.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with('|')
+                && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), s)
+    }
+
+    fn key_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Key { key, .. } => key,
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_file_documents_exactly_the_defaults() {
+        let text = include_str!("../gt06.toml.example");
+        // The example shows every key commented out with its default; uncommenting
+        // all of them must give the defaults back.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = ") || r.starts_with('['))
+                    .unwrap_or("")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(parse(&uncommented).unwrap(), Config::default());
+        let documented = toml::Table::try_from(Config::default()).unwrap();
+        for (section, v) in &documented {
+            match v {
+                toml::Value::Table(t) => {
+                    for k in t.keys() {
+                        assert!(
+                            uncommented.contains(&format!("\n{k} = ")),
+                            "{section}.{k} undocumented"
+                        );
+                    }
+                }
+                _ => assert!(
+                    uncommented.contains(&format!("{section} = ")),
+                    "{section} undocumented"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        assert_eq!(
+            key_of(parse("[tcp]\nlisen = \"x\"\n").unwrap_err()),
+            "tcp.lisen"
+        );
+        assert_eq!(key_of(parse("colour = 1\n").unwrap_err()), "colour");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        assert_eq!(
+            key_of(parse("[tcp]\nidle_timeout_secs = \"soon\"\n").unwrap_err()),
+            "tcp.idle_timeout_secs"
+        );
+    }
+
+    #[test]
+    fn bad_address_is_named_by_validate() {
+        let c = parse("[http]\nlisten = \"localhost\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "http.listen");
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let c = parse("data_dir = \"/srv/a\"\n[tcp]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(c.http.listen, "0.0.0.0:8080");
+        let c = c.with_overrides(&Overrides {
+            tcp_listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.tcp.listen, "127.0.0.1:2");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
+    }
+
+    #[test]
+    fn crc_policy_must_be_known() {
+        let c = parse("[protocol]\ncrc = \"maybe\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "protocol.crc");
+        let c = parse("[protocol]\ncrc = \"lenient\"\n").unwrap();
+        assert!(c.validate().unwrap().lenient_crc);
+    }
+
+    #[test]
+    fn syntax_error_is_one_line() {
+        let e = parse("[tcp\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }));
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The JSON shapes of the API (API.md), and their conversions from store records.
+//!
+//! These are the only `Serialize` types of the HTTP contract: a field renamed here is
+//! an API change and needs a CHANGELOG line.
+
+use crate::protocol::{days_from_civil, DeviceTime, COORD_SCALE};
+use crate::store::{DeviceRecord, EventRecord, PositionRecord, StatusRecord};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Position {
+    pub time: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed_kmh: u16,
+    pub course: u16,
+    pub satellites: u8,
+    pub valid: bool,
+    pub received: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub odometer_m: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lbs: Option<Lbs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reupload: Option<bool>,
+}
+
+#[derive(Serialize)]
+pub struct Lbs {
+    pub mcc: u16,
+    pub mnc: u16,
+    pub lac: u32,
+    pub cell: u64,
+}
+
+#[derive(Serialize, Default)]
+pub struct Status {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub charging: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_cut: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub armed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voltage_level: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_percent: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gsm_signal: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub type_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_tz_offset_min: Option<i16>,
+}
+
+#[derive(Serialize)]
+pub struct Device {
+    pub imei: String,
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub online: bool,
+    pub last_seen: Option<String>,
+    pub position: Option<Position>,
+    pub status: Status,
+}
+
+#[derive(Serialize)]
+pub struct Positions {
+    pub imei: String,
+    pub positions: Vec<Position>,
+    pub next: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Event {
+    pub imei: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    pub received: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}
+
+/// Degrees from the wire's integer unit, rounded to 7 decimals (1/1,800,000° is
+/// 5.6e-7°, so nothing the device sent is lost and no float noise is shown).
+pub fn degrees(raw: i32) -> f64 {
+    (raw as f64 / COORD_SCALE * 1e7).round() / 1e7
+}
+
+impl From<&PositionRecord> for Position {
+    fn from(p: &PositionRecord) -> Self {
+        Position {
+            time: rfc3339(p.time_ms),
+            lat: degrees(p.lat_raw),
+            lon: degrees(p.lon_raw),
+            speed_kmh: p.speed_kmh,
+            course: p.course,
+            satellites: p.satellites,
+            valid: p.valid,
+            received: rfc3339(p.received_ms),
+            invalid_reason: p.invalid_reason.clone(),
+            acc: p.acc,
+            odometer_m: p.odometer_m,
+            lbs: p.lbs.map(|l| Lbs {
+                mcc: l.mcc,
+                mnc: l.mnc,
+                lac: l.lac,
+                cell: l.cell,
+            }),
+            alarm: p.alarm.clone(),
+            reupload: p.reupload,
+        }
+    }
+}
+
+fn status(s: Option<&StatusRecord>, d: &DeviceRecord) -> Status {
+    let mut out = match s {
+        Some(s) => Status {
+            time: Some(rfc3339(s.time_ms)),
+            acc: Some(s.acc),
+            charging: Some(s.charging),
+            relay_cut: Some(s.relay_cut),
+            armed: Some(s.armed),
+            voltage_level: s.voltage_level,
+            battery_percent: s.battery_percent,
+            gsm_signal: s.gsm_signal,
+            ..Status::default()
+        },
+        None => Status::default(),
+    };
+    out.type_id = d.type_id.map(|t| format!("{t:#06x}"));
+    out.login_tz_offset_min = d.tz_offset_min;
+    out
+}
+
+pub fn device(imei: u64, d: &DeviceRecord, online: bool) -> Device {
+    Device {
+        imei: format!("{imei:015}"),
+        name: None,
+        model: None,
+        online,
+        last_seen: (d.last_seen_ms > 0).then(|| rfc3339(d.last_seen_ms)),
+        position: d.last_position.as_ref().map(Position::from),
+        status: status(d.status.as_ref(), d),
+    }
+}
+
+pub fn event(imei: u64, e: &EventRecord) -> Event {
+    Event {
+        imei: format!("{imei:015}"),
+        kind: e.kind.clone(),
+        time: rfc3339(e.time_ms),
+        received: rfc3339(e.received_ms),
+        lat: e.lat_raw.map(degrees),
+        lon: e.lon_raw.map(degrees),
+    }
+}
+
+/// `2026-02-11T08:30:00.000Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let t = DeviceTime::from_unix_ms_utc(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// Parses RFC 3339 (`2026-02-11T08:30:00Z`, with optional fraction and `±hh:mm`
+/// offset) into ms since the epoch. A lower-case `t`/`z` or a space separator is
+/// accepted, as browsers and shells produce them.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let dt = DeviceTime {
+        year: y as u16,
+        month: mo as u8,
+        day: d as u8,
+        hour: h as u8,
+        minute: mi as u8,
+        second: sec as u8,
+    };
+    dt.to_unix_ms_utc()?;
+    let mut i = 19;
+    let mut frac_ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = s.get(start..i)?;
+        if digits.is_empty() {
+            return None;
+        }
+        let padded: String = digits.chars().chain("000".chars()).take(3).collect();
+        frac_ms = padded.parse().ok()?;
+    }
+    let offset_min = match s.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && matches!(&tz[..1], "+" | "-") && &tz[3..4] == ":" => {
+            let oh: i64 = tz.get(1..3)?.parse().ok()?;
+            let om: i64 = tz.get(4..6)?.parse().ok()?;
+            let v = oh * 60 + om;
+            if tz.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000 + frac_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_with_milliseconds_in_utc() {
+        assert_eq!(rfc3339(1_445_350_871_000), "2015-10-20T14:21:11.000Z");
+        assert_eq!(rfc3339(1_445_350_871_042), "2015-10-20T14:21:11.042Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_round_trips_and_honours_offsets() {
+        assert_eq!(
+            parse_rfc3339("2015-10-20T14:21:11.042Z"),
+            Some(1_445_350_871_042)
+        );
+        assert_eq!(
+            parse_rfc3339("2015-10-20T14:21:11Z"),
+            Some(1_445_350_871_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2015-10-20T16:21:11.5+02:00"),
+            Some(1_445_350_871_500)
+        );
+        assert_eq!(parse_rfc3339("2015-10-20T14:21:11"), None);
+        assert_eq!(parse_rfc3339("2015-02-30T14:21:11Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn coordinates_keep_wire_precision() {
+        assert_eq!(degrees(98_901_624), 54.9453467);
+        assert_eq!(degrees(-43_231_720), -24.0176222);
+    }
+}

@@ -1,0 +1,106 @@
+//! Ingest: the GT06 TCP listener and one session task per tracker connection.
+//!
+//! This room owns sockets, timeouts, login gating and the order of answers. It turns
+//! decoded messages into store requests and answers devices only when what preceded the
+//! answer on that connection is durable. It never parses bytes itself (`protocol/` does)
+//! and never touches sled (`store/` does).
+//!
+//! **Architecture invariant:** an answer is written to a device only after every store
+//! request that its connection sent before it was committed and fsynced.
+//! **Architecture invariant:** every read has a timeout and a size limit; a misbehaving
+//! connection is closed with one log line and no other connection notices.
+
+pub mod session;
+
+use crate::protocol::SplitOptions;
+use crate::store::WriterHandle;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every session needs, shared.
+pub struct IngestCtx {
+    pub writer: WriterHandle,
+    pub online: Online,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub split: SplitOptions,
+}
+
+/// Which devices have a logged-in connection right now (a device may briefly have two
+/// while it reconnects, hence a count).
+#[derive(Clone, Default)]
+pub struct Online {
+    inner: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+impl Online {
+    pub fn is_online(&self, imei: u64) -> bool {
+        self.inner
+            .lock()
+            .map(|m| m.get(&imei).is_some_and(|n| *n > 0))
+            .unwrap_or(false)
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn enter(&self, imei: u64) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.entry(imei).or_insert(0) += 1;
+        }
+    }
+
+    fn leave(&self, imei: u64) {
+        if let Ok(mut m) = self.inner.lock() {
+            if let Some(n) = m.get_mut(&imei) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&imei);
+                }
+            }
+        }
+    }
+}
+
+/// Accepts trackers until `cancel` fires; each connection runs in `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<IngestCtx>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = sock.set_nodelay(true);
+                let ctx = ctx.clone();
+                let cancel = cancel.clone();
+                tracker.spawn(session::run(sock, peer, ctx, cancel));
+            }
+            Err(e) => {
+                // EMFILE and friends: the condition lasts, so retrying at once would spin
+                // a core. Back off, up to a second, and say so once per episode.
+                if backoff == Duration::from_millis(5) {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    tracing::info!("tcp listener stopped accepting");
+}

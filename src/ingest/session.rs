@@ -1,0 +1,510 @@
+//! One tracker connection: read, split, decode, record, answer.
+//!
+//! The read half runs the state machine below; a second task owns the write half and
+//! sends each answer once the store says everything before it on this connection is
+//! durable. The two are joined by a bounded queue, so a device that never reads its
+//! answers fills the queue, the reader stops, and TCP pushes back on the device.
+
+use super::{IngestCtx, Online};
+use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
+use crate::store::{
+    Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord, StoreError, WriteReq,
+};
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Bytes of junk tolerated without a single frame before we decide this is not a tracker.
+const MAX_JUNK_RUN: usize = 4096;
+/// Answers queued for the write half; small, because each one is ten bytes and a device
+/// that stops reading should be pushed back on quickly.
+const OUT_QUEUE: usize = 256;
+/// A fix this far ahead of the server's clock is not believed.
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+/// Why a session ended, when it was not the device's choice.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("framing lost: {0}")]
+    Frame(FrameError),
+    #[error("{0} bytes without a frame")]
+    Junk(usize),
+    #[error("read failed: {0}")]
+    Read(std::io::Error),
+    #[error("store refused the write: {0}")]
+    Store(StoreError),
+    #[error("answer queue closed")]
+    Writer,
+}
+
+impl SessionError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Idle(_) => "idle_timeout",
+            SessionError::Frame(e) => e.reason(),
+            SessionError::Junk(_) => "junk",
+            SessionError::Read(_) => "read_error",
+            SessionError::Store(e) => e.reason(),
+            SessionError::Writer => "writer_gone",
+        }
+    }
+}
+
+enum SessionState {
+    Anonymous,
+    LoggedIn { imei: Imei },
+}
+
+/// An answer and the sequence number that must be durable before it may go out.
+struct Outgoing {
+    bytes: Vec<u8>,
+    wait_for: u64,
+}
+
+/// Warnings already given on this connection: one line per kind, not one per frame.
+#[derive(Default)]
+struct Warned {
+    bad_crc: bool,
+    before_login: bool,
+    decode: bool,
+    unknown: Vec<u8>,
+}
+
+struct Session {
+    ctx: Arc<IngestCtx>,
+    state: SessionState,
+    durable: Arc<Durability>,
+    seq: u64,
+    out: mpsc::Sender<Outgoing>,
+    warned: Warned,
+    online: Online,
+}
+
+/// Runs one connection to its end. Errors are logged here, once; nothing is returned.
+pub async fn run(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<IngestCtx>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("session", %peer, imei = tracing::field::Empty);
+    async move {
+        let (mut rd, wr) = sock.into_split();
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        let durable = Arc::new(Durability::default());
+        let stop = cancel.child_token();
+        let writer = tokio::spawn(
+            write_answers(wr, out_rx, durable.clone(), ctx.write_timeout, stop.clone())
+                .in_current_span(),
+        );
+        let mut s = Session {
+            online: ctx.online.clone(),
+            ctx,
+            state: SessionState::Anonymous,
+            durable,
+            seq: 0,
+            out: out_tx,
+            warned: Warned::default(),
+        };
+        let result = s.read_loop(&mut rd, &stop).await;
+        if let SessionState::LoggedIn { imei } = s.state {
+            s.online.leave(imei.as_u64());
+        }
+        // Let queued answers go out (the device may still be reading), then end.
+        drop(s);
+        let _ = writer.await;
+        match result {
+            Ok(()) => tracing::debug!("connection closed"),
+            Err(e) => tracing::warn!(reason = e.reason(), error = %e, "connection closed"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        stop: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let cap = self.ctx.split.max_frame * 2;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut junk_run = 0usize;
+        loop {
+            let n = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                r = tokio::time::timeout(self.ctx.idle_timeout, rd.read_buf(&mut buf)) => match r {
+                    Err(_) => return Err(SessionError::Idle(self.ctx.idle_timeout)),
+                    Ok(Err(e)) => return Err(SessionError::Read(e)),
+                    Ok(Ok(n)) => n,
+                },
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            loop {
+                match protocol::split(&buf, &self.ctx.split) {
+                    Ok(None) => break,
+                    Ok(Some((frame, used))) => {
+                        buf.advance(used.min(buf.len()));
+                        junk_run = 0;
+                        self.handle(frame).await?;
+                    }
+                    Err(e) => {
+                        buf.advance(e.consumed().clamp(1, buf.len().max(1)).min(buf.len()));
+                        match e {
+                            FrameError::Junk { skipped } => {
+                                junk_run += skipped;
+                                if junk_run > MAX_JUNK_RUN {
+                                    return Err(SessionError::Junk(junk_run));
+                                }
+                            }
+                            FrameError::BadCrc {
+                                proto, want, got, ..
+                            } => {
+                                // Vendor rule: a bad CRC is discarded, not answered. The
+                                // connection stays: one flipped bit is not a rogue device.
+                                if !self.warned.bad_crc {
+                                    self.warned.bad_crc = true;
+                                    tracing::warn!(reason = "bad_crc", proto = format_args!("{proto:#04x}"), want = format_args!("{want:#06x}"), got = format_args!("{got:#06x}"), "frame dropped (further bad CRCs on this connection are not logged)");
+                                }
+                            }
+                            FrameError::TooLong { .. } | FrameError::Malformed { .. } => {
+                                return Err(SessionError::Frame(e));
+                            }
+                        }
+                    }
+                }
+            }
+            if buf.len() > cap {
+                return Err(SessionError::Junk(buf.len()));
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let msg = match protocol::decode(&frame, &DecodeCtx::default()) {
+            Ok(m) => m,
+            Err(e) => {
+                if !self.warned.decode {
+                    self.warned.decode = true;
+                    tracing::warn!(reason = e.reason(), error = %e, hex = %hex(&frame.raw), "frame not decoded (further ones on this connection are not logged)");
+                }
+                return Ok(());
+            }
+        };
+        let now = now_ms();
+        let imei = match (&self.state, &msg) {
+            (_, Message::Login(login)) => {
+                let imei = login.imei;
+                if let SessionState::LoggedIn { imei: old } = self.state {
+                    self.online.leave(old.as_u64());
+                }
+                tracing::Span::current().record("imei", tracing::field::display(imei));
+                tracing::info!(type_id = ?login.type_id, tz_offset_min = ?login.tz_offset_min, "device logged in");
+                self.state = SessionState::LoggedIn { imei };
+                self.online.enter(imei.as_u64());
+                imei
+            }
+            (SessionState::LoggedIn { imei }, _) => *imei,
+            (SessionState::Anonymous, _) => {
+                // A device is anonymous until its login; what it says before that is
+                // neither answered nor stored (it will log in and repeat itself).
+                if !self.warned.before_login {
+                    self.warned.before_login = true;
+                    tracing::warn!(
+                        reason = "before_login",
+                        proto = format_args!("{:#04x}", frame.proto),
+                        "frame before login dropped"
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let key = imei.as_u64();
+        for op in ops_for(key, &msg, now) {
+            self.record(op).await?;
+        }
+        if let Message::Unknown { proto } = msg {
+            if !self.warned.unknown.contains(&proto) {
+                self.warned.unknown.push(proto);
+                tracing::warn!(reason = "unknown_type", proto = format_args!("{proto:#04x}"), hex = %hex(&frame.raw), "message type not decoded; not stored");
+            }
+        }
+        if let Some(bytes) = protocol::reply(&msg, &frame, now) {
+            let item = Outgoing {
+                bytes,
+                wait_for: self.seq,
+            };
+            self.out
+                .send(item)
+                .await
+                .map_err(|_| SessionError::Writer)?;
+        }
+        Ok(())
+    }
+
+    async fn record(&mut self, op: Op) -> Result<(), SessionError> {
+        self.seq += 1;
+        let req = WriteReq {
+            op,
+            ack: Some((self.durable.clone(), self.seq)),
+        };
+        self.ctx.writer.send(req).await.map_err(SessionError::Store)
+    }
+}
+
+/// The store requests a message turns into. Pure, so the policy is testable.
+fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
+    match msg {
+        Message::Login(l) => vec![Op::Seen {
+            imei,
+            at_ms: now,
+            login: Some((l.type_id, l.tz_offset_min)),
+            status: None,
+        }],
+        Message::Heartbeat(st) => vec![Op::Seen {
+            imei,
+            at_ms: now,
+            login: None,
+            status: Some(status_record(st, now)),
+        }],
+        Message::Location(loc) => vec![Op::Position {
+            imei,
+            pos: position_record(loc, None, now),
+        }],
+        Message::Alarm(alarm) => {
+            let kind = alarm.kind.map(|k| k.as_str());
+            let mut ops = vec![Op::Seen {
+                imei,
+                at_ms: now,
+                login: None,
+                status: Some(status_record(&alarm.status, now)),
+            }];
+            let pos = alarm
+                .location
+                .as_ref()
+                .map(|l| position_record(l, kind, now));
+            if let Some(kind) = kind {
+                ops.push(Op::Event {
+                    imei,
+                    event: EventRecord {
+                        time_ms: pos.as_ref().map_or(now, |p| p.time_ms),
+                        received_ms: now,
+                        kind: kind.to_string(),
+                        lat_raw: pos.as_ref().map(|p| p.lat_raw),
+                        lon_raw: pos.as_ref().map(|p| p.lon_raw),
+                    },
+                });
+            }
+            if let Some(pos) = pos {
+                ops.push(Op::Position { imei, pos });
+            }
+            ops
+        }
+        Message::Ignored { .. } | Message::Unknown { .. } => vec![Op::Seen {
+            imei,
+            at_ms: now,
+            login: None,
+            status: None,
+        }],
+    }
+}
+
+/// Device time is UTC (gt06-protocol.md §5.1); a missing or unbelievable fix time is
+/// kept, flagged, at the receipt time rather than invented or shifted.
+fn position_record(loc: &protocol::Location, alarm: Option<&str>, now: i64) -> PositionRecord {
+    let g = &loc.gps;
+    let (time_ms, invalid_reason) = match g.time.and_then(|t| t.to_unix_ms_utc()) {
+        None => (now, Some("no_device_time")),
+        Some(t) if t > now + MAX_FUTURE_MS => (now, Some("time_in_future")),
+        Some(t) => (t, None),
+    };
+    PositionRecord {
+        time_ms,
+        received_ms: now,
+        lat_raw: g.lat_raw,
+        lon_raw: g.lon_raw,
+        speed_kmh: g.speed_kmh,
+        course: g.course,
+        satellites: g.satellites,
+        valid: g.fixed && invalid_reason.is_none(),
+        invalid_reason: invalid_reason.map(str::to_string),
+        acc: loc.acc,
+        odometer_m: loc.odometer_m,
+        lbs: loc.lbs.map(|l| LbsRecord {
+            mcc: l.mcc,
+            mnc: l.mnc,
+            lac: l.lac,
+            cell: l.cell,
+        }),
+        alarm: alarm.map(str::to_string),
+        reupload: loc.reupload,
+    }
+}
+
+fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
+    StatusRecord {
+        time_ms: now,
+        acc: st.acc,
+        charging: st.charging,
+        relay_cut: st.relay_cut,
+        armed: st.armed,
+        voltage_level: st.voltage_level,
+        battery_percent: st.battery_percent(),
+        gsm_signal: st.gsm_signal,
+    }
+}
+
+/// The write half: answers in order, each after its data is durable.
+async fn write_answers(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    durable: Arc<Durability>,
+    write_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut state = durable.subscribe();
+    while let Some(out) = rx.recv().await {
+        if out.wait_for > 0 {
+            let ready = state
+                .wait_for(|s| s.seq >= out.wait_for || s.failed.is_some())
+                .await
+                .map(|s| s.failed);
+            match ready {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    // Not durable: saying "got it" would be a lie the device acts on.
+                    // Closing makes it reconnect and send again.
+                    tracing::error!(reason, "store write failed; closing without answering");
+                    stop.cancel();
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        match tokio::time::timeout(write_timeout, wr.write_all(&out.bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "answer not delivered");
+                stop.cancel();
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    reason = "write_timeout",
+                    "device does not read its answers; closing"
+                );
+                stop.cancel();
+                return;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AlarmKind, DeviceTime, Gps, Location, Status};
+
+    fn loc(time: Option<DeviceTime>, fixed: bool) -> Location {
+        Location {
+            gps: Gps {
+                time,
+                satellites: 5,
+                lat_raw: 98_901_624,
+                lon_raw: 43_231_720,
+                speed_kmh: 0,
+                course: 0,
+                fixed,
+                course_status: 0x5400,
+            },
+            lbs: None,
+            acc: None,
+            odometer_m: None,
+            reupload: None,
+            upload_mode: None,
+        }
+    }
+
+    const NOW: i64 = 1_445_350_900_000;
+    const FIX: DeviceTime = DeviceTime {
+        year: 2015,
+        month: 10,
+        day: 20,
+        hour: 14,
+        minute: 21,
+        second: 11,
+    };
+
+    #[test]
+    fn fix_time_is_read_as_utc() {
+        let p = position_record(&loc(Some(FIX), true), None, NOW);
+        assert_eq!(p.time_ms, 1_445_350_871_000);
+        assert!(p.valid);
+        assert_eq!(p.received_ms, NOW);
+    }
+
+    #[test]
+    fn missing_device_time_is_flagged_at_receipt_time() {
+        let p = position_record(&loc(None, true), None, NOW);
+        assert_eq!((p.time_ms, p.valid), (NOW, false));
+        assert_eq!(p.invalid_reason.as_deref(), Some("no_device_time"));
+    }
+
+    #[test]
+    fn fix_more_than_a_day_ahead_is_flagged_not_shifted() {
+        let future = DeviceTime {
+            year: 2015,
+            month: 10,
+            day: 22,
+            ..FIX
+        };
+        let p = position_record(&loc(Some(future), true), None, NOW);
+        assert_eq!((p.time_ms, p.valid), (NOW, false));
+        assert_eq!(p.invalid_reason.as_deref(), Some("time_in_future"));
+    }
+
+    #[test]
+    fn unfixed_gps_is_stored_invalid_without_reason() {
+        let p = position_record(&loc(Some(FIX), false), None, NOW);
+        assert!(!p.valid);
+        assert_eq!(p.invalid_reason, None);
+    }
+
+    #[test]
+    fn alarm_with_location_becomes_event_and_position() {
+        let msg = Message::Alarm(protocol::Alarm {
+            location: Some(loc(Some(FIX), true)),
+            status: Status::default(),
+            kind: Some(AlarmKind::Sos),
+        });
+        let ops = ops_for(1, &msg, NOW);
+        assert!(
+            matches!(&ops[1], Op::Event { event, .. } if event.kind == "sos" && event.time_ms == 1_445_350_871_000)
+        );
+        assert!(matches!(&ops[2], Op::Position { pos, .. } if pos.alarm.as_deref() == Some("sos")));
+    }
+}

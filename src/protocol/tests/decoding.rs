@@ -1,0 +1,293 @@
+//! Frames → messages, on the worked examples of the reference and real captures.
+
+use super::{hex, one_frame};
+use crate::protocol::{
+    decode, AlarmKind, DecodeCtx, DecodeError, DeviceTime, Lbs, Message, SplitOptions,
+};
+
+fn msg(text: &str) -> Result<Message, DecodeError> {
+    let opts = SplitOptions {
+        lenient_crc: true,
+        ..SplitOptions::default()
+    };
+    decode(&one_frame(&hex(text), &opts), &DecodeCtx::default())
+}
+
+fn location(text: &str) -> crate::protocol::Location {
+    match msg(text) {
+        Ok(Message::Location(loc)) => loc,
+        other => panic!("expected a location from {text}, got {other:?}"),
+    }
+}
+
+fn alarm(text: &str) -> crate::protocol::Alarm {
+    match msg(text) {
+        Ok(Message::Alarm(a)) => a,
+        other => panic!("expected an alarm from {text}, got {other:?}"),
+    }
+}
+
+fn time(year: u16, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> DeviceTime {
+    DeviceTime {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+    }
+}
+
+#[test]
+fn login_carries_the_imei_without_its_first_nibble() {
+    let Ok(Message::Login(login)) = msg("78780d01086471700328358100093f040d0a") else {
+        panic!("login expected");
+    };
+    assert_eq!(login.imei.to_string(), "864717003283581");
+    assert_eq!((login.type_id, login.tz_offset_min), (None, None));
+}
+
+#[test]
+fn extended_login_carries_type_id_and_time_zone() {
+    let Ok(Message::Login(login)) = msg("787811010864717003664467100f190a0002c6d20d0a") else {
+        panic!("login expected");
+    };
+    assert_eq!(login.imei.to_string(), "864717003664467");
+    assert_eq!(
+        (login.type_id, login.tz_offset_min),
+        (Some(0x100F), Some(-240))
+    );
+}
+
+#[test]
+fn login_365gps_has_a_version_byte_not_a_type_id() {
+    let Ok(Message::Login(login)) = msg("78780d010359339075005244340d0a") else {
+        panic!("login expected");
+    };
+    assert_eq!(login.imei.to_string(), "359339075005244");
+    assert_eq!(login.type_id, None);
+}
+
+#[test]
+fn login_with_hex_letters_in_the_imei_is_invalid() {
+    let frame = crate::protocol::encode::frame(
+        crate::protocol::Form::Short,
+        0x01,
+        &hex("0864717003283a81"),
+        1,
+    );
+    let err = decode(
+        &one_frame(&frame, &SplitOptions::default()),
+        &DecodeCtx::default(),
+    );
+    assert_eq!(err.map_err(|e| e.reason()), Err("invalid"));
+}
+
+#[test]
+fn location_0x12_of_the_worked_example() {
+    let loc = location("78781f120f0a140e150bc505e51e780293a9e800540000f601006e0055da00035f240d0a");
+    assert_eq!(loc.gps.time, Some(time(2015, 10, 20, 14, 21, 11)));
+    assert_eq!(loc.gps.satellites, 5);
+    assert!((loc.gps.lat_deg() - 54.94535).abs() < 1e-5);
+    assert!((loc.gps.lon_deg() - 24.01762).abs() < 1e-5);
+    assert_eq!(
+        (loc.gps.speed_kmh, loc.gps.course, loc.gps.fixed),
+        (0, 0, true)
+    );
+    assert_eq!(
+        loc.lbs,
+        Some(Lbs {
+            mcc: 246,
+            mnc: 1,
+            lac: 110,
+            cell: 21978
+        })
+    );
+}
+
+#[test]
+fn location_in_southern_and_western_hemispheres_is_negative() {
+    // Peer vector 136: Belo Horizonte, course word 0x0738 (north and west bits clear/set).
+    let a = alarm(
+        "7878251610051b0f1c34c5022515d504b5dcd20738080902d4022bdf009cba5006640201006759680d0a",
+    );
+    let gps = a.location.expect("location").gps;
+    assert!((gps.lat_deg() + 19.991585).abs() < 1e-5);
+    assert!((gps.lon_deg() + 43.904117).abs() < 1e-5);
+    assert_eq!((gps.speed_kmh, gps.course, gps.satellites), (7, 8, 5));
+    assert_eq!(a.kind, Some(AlarmKind::PowerCut));
+}
+
+#[test]
+fn all_zero_gps_time_is_no_time() {
+    let a = alarm(
+        "78782516000000000000c000000000000000000020000900fa0210ef00fb620006640301000468030d0a",
+    );
+    let loc = a.location.expect("alarm frames carry a location");
+    assert_eq!(loc.gps.time, None);
+    assert!(!loc.gps.fixed);
+}
+
+#[test]
+fn location_0x22_reads_acc_mode_and_reupload() {
+    let loc =
+        location("787822220f0c1d023305c9027ac8180c46586000140001cc00287d001f71000001000820860d0a");
+    assert_eq!(loc.gps.time, Some(time(2015, 12, 29, 2, 51, 5)));
+    assert_eq!(
+        loc.lbs,
+        Some(Lbs {
+            mcc: 460,
+            mnc: 0,
+            lac: 10365,
+            cell: 8049
+        })
+    );
+    assert_eq!(
+        (loc.acc, loc.upload_mode, loc.reupload),
+        (Some(false), Some(0), Some(true))
+    );
+}
+
+#[test]
+fn location_0xa0_has_4g_cell_sizes() {
+    let loc = location("787829a01707150f2d0ecd01635100041e96d000087c02d4020000912e000000000718798d000e0006ed3ce50d0a");
+    assert_eq!(
+        loc.lbs,
+        Some(Lbs {
+            mcc: 724,
+            mnc: 2,
+            lac: 37166,
+            cell: 119_044_493
+        })
+    );
+    assert_eq!((loc.acc, loc.upload_mode), (Some(false), Some(0x0E)));
+    assert!((loc.gps.lat_deg() + 12.936676).abs() < 1e-5);
+    assert!((loc.gps.lon_deg() + 38.396418).abs() < 1e-5);
+    assert_eq!((loc.gps.course, loc.gps.satellites), (124, 13));
+}
+
+#[test]
+fn location_365gps_0x10_without_serial() {
+    let loc = location("7878121011091c0b1b2999058508040097a89e0034520d0a");
+    assert_eq!(loc.gps.time, Some(time(2017, 9, 28, 11, 27, 41)));
+}
+
+#[test]
+fn heartbeat_0x13_reads_st5() {
+    let Ok(Message::Heartbeat(s)) = msg("78780a13c40604000201298f5b0d0a") else {
+        panic!("heartbeat expected");
+    };
+    assert!(s.relay_cut && s.charging && !s.acc && !s.armed);
+    assert_eq!(
+        (s.voltage_level, s.gsm_signal, s.alarm_code, s.language),
+        (Some(6), Some(4), Some(0), Some(2))
+    );
+    assert_eq!(s.battery_percent(), Some(100));
+}
+
+#[test]
+fn heartbeat_short_by_two_still_reads_st5() {
+    let Ok(Message::Heartbeat(s)) = msg("787808134606020002044dc5050d0a") else {
+        panic!("heartbeat expected");
+    };
+    assert_eq!(
+        (s.info, s.voltage_level, s.gsm_signal),
+        (0x46, Some(6), Some(2))
+    );
+}
+
+#[test]
+fn alarm_kind_comes_from_the_alarm_byte() {
+    let a = alarm(
+        "787825160f0c1d0a2b21c8027ac8040c46581000146f0901cc00287d001f714804040301001c84cf0d0a",
+    );
+    assert_eq!(a.kind, Some(AlarmKind::Vibration));
+    assert_eq!(a.status.alarm_code, Some(0x03));
+}
+
+#[test]
+fn alarm_kind_falls_back_to_the_status_bits() {
+    // Peer vector 76: alarm byte 0, status bits 111.
+    let a = alarm(
+        "7878251613020c12141ac5027951430c2a16f60014000900000000001a00007c550300020002f1e70d0a",
+    );
+    assert_eq!(a.kind, Some(AlarmKind::Removing));
+}
+
+#[test]
+fn alarm_0xa4_has_a_4g_cell_and_a_fence_byte() {
+    let a = alarm("78782da41a0509160203cf05be31f80c306530001c0010012ed000007ef40000000006428b074205041302ff0009389c0d0a");
+    assert_eq!(a.kind, Some(AlarmKind::Tampering));
+    let lbs = a.location.and_then(|l| l.lbs).expect("cell");
+    assert_eq!(
+        (lbs.mcc, lbs.mnc, lbs.lac, lbs.cell),
+        (302, 0xd0, 0x7ef4, 0x06428b07)
+    );
+}
+
+#[test]
+fn time_request_and_command_echo_are_ignored() {
+    assert_eq!(
+        msg("7878058a000688290d0a"),
+        Ok(Message::Ignored {
+            proto: 0x8A,
+            reason: "time_request"
+        })
+    );
+    let echo = crate::protocol::encode::command(0, "Relay,1#", None, 0);
+    let m = decode(
+        &one_frame(&echo, &SplitOptions::default()),
+        &DecodeCtx::default(),
+    );
+    assert_eq!(
+        m,
+        Ok(Message::Ignored {
+            proto: 0x80,
+            reason: "command_echo"
+        })
+    );
+}
+
+#[test]
+fn truncated_layout_is_an_error_not_a_panic() {
+    let err = msg("787805120099abec0d0a").unwrap_err();
+    assert_eq!(
+        (err.reason(), err),
+        (
+            "truncated",
+            DecodeError::Truncated {
+                proto: 0x12,
+                len: 0
+            }
+        )
+    );
+}
+
+#[test]
+fn unknown_protocol_number_is_unknown() {
+    assert_eq!(
+        msg("78780d1f000000000000000200b196a20d0a"),
+        Ok(Message::Unknown { proto: 0x1F })
+    );
+}
+
+#[test]
+fn decoding_any_content_never_panics() {
+    let mut x: u32 = 0x1234_5678;
+    for proto in 0..=255u8 {
+        for len in 0..64usize {
+            let content: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let frame =
+                crate::protocol::encode::frame(crate::protocol::Form::Short, proto, &content, 1);
+            let frame = one_frame(&frame, &SplitOptions::default());
+            let _ = decode(&frame, &DecodeCtx::default());
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! One integration-test crate: every test starts the real `gt06` binary and talks to it
+//! over TCP as trackers do and over HTTP as the map and scripts do.
+
+mod api;
+mod harness;
+mod ingest;
+mod ops;
