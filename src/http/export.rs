@@ -88,6 +88,7 @@ mod tests {
             lbs: None,
             alarm: None,
             reupload: None,
+            ..PositionRecord::default()
         }
     }
 

@@ -350,6 +350,7 @@ fn position_record(loc: &protocol::Location, alarm: Option<&str>, now: i64) -> P
         }),
         alarm: alarm.map(str::to_string),
         reupload: loc.reupload,
+        ..PositionRecord::default()
     }
 }
 

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Layout version written as the first byte of every value.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// One stored position. Coordinates stay in the wire's 1/1,800,000° integers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PositionRecord {
     /// Fix time (device clock, made UTC), ms since the epoch. Also in the key.
     pub time_ms: i64,
@@ -31,6 +31,18 @@ pub struct PositionRecord {
     pub alarm: Option<String>,
     /// The device marked this point as re-sent from its buffer.
     pub reupload: Option<bool>,
+    /// Battery charge in percent, when the frame carried it.
+    pub battery_percent: Option<u8>,
+    /// GSM signal on the vendor's 0–4 scale (some devices send other scales).
+    pub gsm_signal: Option<u8>,
+    /// External (vehicle) power in millivolts.
+    pub power_mv: Option<u32>,
+    /// Internal battery in millivolts.
+    pub battery_mv: Option<u32>,
+    /// Temperature in tenths of a degree Celsius.
+    pub temperature_dc: Option<i32>,
+    /// Driver / RFID identifier as the device sent it.
+    pub driver_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,13 +148,14 @@ mod tests {
             }),
             alarm: None,
             reupload: Some(false),
+            ..PositionRecord::default()
         }
     }
 
     /// Pins the on-disk layout: if this fails, the format changed; bump VERSION.
     #[test]
     fn golden_position_value_decodes() {
-        const GOLDEN: &str = "01fdb01f400ba1020000fd682b400ba1020000fcf03cca0bfccf5327053dfb4c01050100010101fc40e2010001f6016efbda55000100";
+        const GOLDEN: &str = "02fdb01f400ba1020000fd682b400ba1020000fcf03cca0bfccf5327053dfb4c01050100010101fc40e2010001f6016efbda55000100000000000000";
         let bytes = encode(&sample());
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, GOLDEN);

@@ -278,6 +278,7 @@ mod tests {
             lbs: None,
             alarm: None,
             reupload: None,
+            ..PositionRecord::default()
         }
     }
 
