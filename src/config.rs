@@ -81,6 +81,14 @@ pub struct StoreConfig {
     /// sled's page cache in MiB. sled 0.34 defaults to 1 GiB, a budget too large for the
     /// small VMs this runs on.
     pub cache_mb: u64,
+    /// Positions held in memory (and in the journal) before they are sealed into
+    /// compact blocks. Bounds memory and the replay time after a crash.
+    pub checkpoint_positions: usize,
+    /// Seconds after which unsealed positions are sealed even when few.
+    pub checkpoint_interval_secs: u64,
+    /// Days of positions to keep; 0 keeps everything. Whole blocks are dropped once
+    /// their newest position is older (checked hourly).
+    pub retention_days: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +145,9 @@ impl Default for StoreConfig {
         StoreConfig {
             max_batch: 4096,
             cache_mb: 64,
+            checkpoint_positions: 262_144,
+            checkpoint_interval_secs: 300,
+            retention_days: 0,
         }
     }
 }
@@ -176,6 +187,9 @@ pub struct Settings {
     pub write_timeout: std::time::Duration,
     pub max_batch: usize,
     pub cache_bytes: u64,
+    pub checkpoint_positions: usize,
+    pub checkpoint_interval: std::time::Duration,
+    pub retention: Option<std::time::Duration>,
     pub max_frame_bytes: usize,
     pub lenient_crc: bool,
     pub log_level: String,
@@ -255,6 +269,24 @@ impl Config {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(1_000..=100_000_000).contains(&self.store.checkpoint_positions) {
+            return Err(ConfigError::key(
+                "store.checkpoint_positions",
+                "must be between 1000 and 100000000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.store.checkpoint_interval_secs) {
+            return Err(ConfigError::key(
+                "store.checkpoint_interval_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.store.retention_days > 36_500 {
+            return Err(ConfigError::key(
+                "store.retention_days",
+                "must be at most 36500",
+            ));
+        }
         if !(1..=65_536).contains(&self.store.cache_mb) {
             return Err(ConfigError::key(
                 "store.cache_mb",
@@ -292,6 +324,12 @@ impl Config {
             write_timeout: std::time::Duration::from_secs(self.tcp.write_timeout_secs),
             max_batch: self.store.max_batch,
             cache_bytes: self.store.cache_mb * 1024 * 1024,
+            checkpoint_positions: self.store.checkpoint_positions,
+            checkpoint_interval: std::time::Duration::from_secs(
+                self.store.checkpoint_interval_secs,
+            ),
+            retention: (self.store.retention_days > 0)
+                .then(|| std::time::Duration::from_secs(self.store.retention_days * 86_400)),
             max_frame_bytes: self.protocol.max_frame_bytes,
             lenient_crc,
             log_level: self.log.level.clone(),

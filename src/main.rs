@@ -104,14 +104,38 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
     let tcp = bind(s.tcp_listen, "GT06 trackers")?;
     let http = bind(s.http_listen, "HTTP")?;
-    let store = Store::open(
+    let opened = Store::open(
         &s.data_dir,
         store::OpenOptions {
             cache_bytes: s.cache_bytes,
         },
     )?;
-    let (writer, writer_thread) = store::writer::spawn(store.clone(), s.max_batch)
-        .context("cannot start the store writer")?;
+    let replay = opened.replay.clone();
+    if replay.torn_tail_bytes > 0 || replay.corrupt_records > 0 {
+        tracing::warn!(
+            torn_tail_bytes = replay.torn_tail_bytes,
+            corrupt_records = replay.corrupt_records,
+            "journal had an unfinished or damaged end (expected after a crash)"
+        );
+    }
+    let store = opened.store.clone();
+    tracing::info!(
+        positions = store.count_positions(),
+        replayed_batches = replay.batches,
+        migrated = opened.migrated,
+        "store open"
+    );
+    let (writer, writer_thread) = store::writer::spawn(
+        opened,
+        store::writer::WriterOptions {
+            max_batch: s.max_batch,
+            checkpoint_positions: s.checkpoint_positions,
+            checkpoint_interval: s.checkpoint_interval,
+            retention: s.retention,
+            ..Default::default()
+        },
+    )
+    .context("cannot start the store writer")?;
     let tcp_addr = tcp.local_addr()?;
     let http_addr = http.local_addr()?;
     write_ports(&s.data_dir, tcp_addr, http_addr)?;

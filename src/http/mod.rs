@@ -136,14 +136,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn devices(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
-    let list = blocking(app, |app| {
-        let devices = app.store.devices()?;
-        Ok(devices
-            .iter()
-            .map(|(imei, d)| json::device(*imei, d, app.online.is_online(*imei)))
-            .collect::<Vec<_>>())
-    })
-    .await?;
+    let list: Vec<json::Device> = app
+        .store
+        .devices()
+        .iter()
+        .map(|(imei, d)| json::device(*imei, d, app.online.is_online(*imei)))
+        .collect();
     Ok(json_response(StatusCode::OK, &list))
 }
 
@@ -151,7 +149,7 @@ async fn device(app: &Arc<App>, imei: Imei) -> Result<Response<Body>, ApiError> 
     let key = imei.as_u64();
     let d = app
         .store
-        .device(key)?
+        .device(key)
         .ok_or_else(|| ApiError::UnknownDevice(imei.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
@@ -163,7 +161,7 @@ async fn positions(app: &Arc<App>, imei: Imei, query: &str) -> Result<Response<B
     let q = RangeQuery::parse(query)?;
     let key = imei.as_u64();
     let body = blocking(app, move |app| {
-        if app.store.device(key)?.is_none() {
+        if app.store.device(key).is_none() {
             return Err(ApiError::UnknownDevice(imei.to_string()));
         }
         let (list, next) = app.store.positions(key, q.from_ms, q.to_ms, q.limit)?;
@@ -186,7 +184,7 @@ async fn track(
     let q = RangeQuery::parse(query)?;
     let key = imei.as_u64();
     let list = blocking(app, move |app| {
-        if app.store.device(key)?.is_none() {
+        if app.store.device(key).is_none() {
             return Err(ApiError::UnknownDevice(imei.to_string()));
         }
         Ok(app.store.positions(key, q.from_ms, q.to_ms, MAX_EXPORT)?.0)

@@ -304,6 +304,7 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
                         kind: kind.to_string(),
                         lat_raw: pos.as_ref().map(|p| p.lat_raw),
                         lon_raw: pos.as_ref().map(|p| p.lon_raw),
+                        text: None,
                     },
                 });
             }
@@ -312,7 +313,29 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
             }
             ops
         }
-        Message::Ignored { .. } | Message::Unknown { .. } => vec![Op::Seen {
+        Message::Info(info) => vec![Op::Info {
+            imei,
+            at_ms: now,
+            power_mv: info.power_mv,
+            battery_mv: info.battery_mv,
+            battery_percent: info.battery_pct,
+            temperature_dc: info.temperature_dc,
+            iccid: info.iccid.clone(),
+        }],
+        Message::CommandReply { text, .. } => vec![Op::Event {
+            imei,
+            event: EventRecord {
+                time_ms: now,
+                received_ms: now,
+                kind: "command_reply".to_string(),
+                lat_raw: None,
+                lon_raw: None,
+                text: Some(text.clone()),
+            },
+        }],
+        // A cell-only report has no coordinates to store; it still says the device is
+        // alive. (Turning cells into positions needs a cell database we don't ship.)
+        Message::Cells(_) | Message::Ignored { .. } | Message::Unknown { .. } => vec![Op::Seen {
             imei,
             at_ms: now,
             login: None,
@@ -350,6 +373,10 @@ fn position_record(loc: &protocol::Location, alarm: Option<&str>, now: i64) -> P
         }),
         alarm: alarm.map(str::to_string),
         reupload: loc.reupload,
+        driver_id: loc.driver_id.clone(),
+        power_mv: loc.power_mv,
+        battery_mv: loc.battery_mv,
+        temperature_dc: loc.temperature_dc,
         ..PositionRecord::default()
     }
 }
@@ -364,6 +391,9 @@ fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
         voltage_level: st.voltage_level,
         battery_percent: st.battery_percent(),
         gsm_signal: st.gsm_signal,
+        power_mv: st.power_mv,
+        battery_mv: st.battery_mv,
+        temperature_dc: st.temperature_dc,
     }
 }
 
@@ -447,6 +477,7 @@ mod tests {
             odometer_m: None,
             reupload: None,
             upload_mode: None,
+            ..Location::default()
         }
     }
 
@@ -501,6 +532,7 @@ mod tests {
             location: Some(loc(Some(FIX), true)),
             status: Status::default(),
             kind: Some(AlarmKind::Sos),
+            cell: None,
         });
         let ops = ops_for(1, &msg, NOW);
         assert!(

@@ -53,12 +53,18 @@ impl Default for SplitOptions {
 /// to drop (`consumed`) so the caller can carry on; whether to carry on is its decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// Bytes before the first `78 78`/`79 79`: line noise, or the tail of a frame we lost.
     #[error("{skipped} bytes of junk before a start marker")]
     Junk { skipped: usize },
+    /// The length field claims more than `max_frame`: we are not at a real frame start.
+    /// Only the start marker is consumed, so the next call resynchronises.
     #[error("declared frame length {declared} exceeds the cap {cap}")]
     TooLong { declared: usize, cap: usize },
+    /// Every plausible end of the frame is buffered and none holds `0D 0A` (or one does but
+    /// its CRC says it is not a frame). `skip` reaches the next start marker.
     #[error("no stop bits where the declared length ends")]
     Malformed { skip: usize },
+    /// A well-delimited frame of `len` bytes whose CRC does not match (strict policy).
     #[error("bad crc on proto {proto:#04x}: frame says {got:#06x}, bytes give {want:#06x}")]
     BadCrc {
         proto: u8,
@@ -134,7 +140,7 @@ pub fn split(buf: &[u8], opts: &SplitOptions) -> Result<Option<(Frame, usize)>, 
 
     if form == Form::Short
         && matches!(proto, PROTO_365_WIFI_OFFLINE | PROTO_365_WIFI_ONLINE)
-        && buf.get(2) != Some(&RFID_0X17_LEN)
+        && !(proto == PROTO_365_WIFI_OFFLINE && buf.get(2) == Some(&RFID_0X17_LEN))
     {
         // A frame of these types with a true length byte and a good CRC is taken as such;
         // a 365GPS frame matching both by chance would need stop bits and a CRC in place.
@@ -358,6 +364,14 @@ fn build_frame(
         && size == declared + 1
     {
         return Ok(crc_less(size - 2));
+    }
+    // Off the declared length, a CRC that does not match means the stop bits were found
+    // by chance (a start marker in junk, a misread length): resync instead of dropping
+    // a whole "frame" that may hold the start of the next real one.
+    if !crc_ok && size != declared {
+        return Err(FrameError::Malformed {
+            skip: skip_to_next_marker(raw),
+        });
     }
     if !crc_ok && !opts.lenient_crc {
         return Err(FrameError::BadCrc {

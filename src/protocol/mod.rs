@@ -17,7 +17,7 @@ pub mod frame;
 pub mod reply;
 pub mod types;
 
-pub use decode::{decode, DecodeCtx, DecodeError};
+pub use decode::{decode, DecodeCtx, DecodeError, Model};
 pub use frame::{split, Form, Frame, FrameError, SplitOptions};
 pub use reply::reply;
 pub use types::*;

@@ -190,11 +190,24 @@ pub struct Status {
     /// Alarm code byte (§11.1), when present; 0 = none.
     pub alarm_code: Option<u8>,
     pub language: Option<u8>,
+    /// External supply voltage in millivolts, from layouts that send it (OBD6 0x13 …).
+    pub power_mv: Option<u32>,
+    /// Internal battery voltage in millivolts (GK310 0x23 …).
+    pub battery_mv: Option<u32>,
+    /// Battery charge in percent, from layouts that send a percentage rather than the
+    /// 0–6 voltage level.
+    pub battery_pct: Option<u8>,
+    /// Temperature in tenths of a degree Celsius.
+    pub temperature_dc: Option<i32>,
 }
 
 impl Status {
-    /// Battery percentage the way the vendor scale maps (0–6 → 0–100 %).
+    /// Battery percentage: the one the device sent, else the vendor voltage scale mapped
+    /// the way Traccar maps it (0–6 → 0–100 %, 7–100 taken as a percentage).
     pub fn battery_percent(&self) -> Option<u8> {
+        if self.battery_pct.is_some() {
+            return self.battery_pct;
+        }
         match self.voltage_level? {
             v @ 0..=6 => Some((v as u16 * 100 / 6) as u8),
             v @ 7..=100 => Some(v),
@@ -269,6 +282,16 @@ pub struct Location {
     /// 0x22-style "GPS re-upload" byte: 1 = buffered/historical point.
     pub reupload: Option<bool>,
     pub upload_mode: Option<u8>,
+    /// Driver / RFID card id as hex or text (0x17 RFID variant, 0x61 iButton …).
+    pub driver_id: Option<String>,
+    /// Altitude in metres, from the few layouts that send it (0x70 GPS module, SL4X).
+    pub altitude_m: Option<i32>,
+    /// External supply voltage in millivolts (VXT01, S5, TRX16I layouts).
+    pub power_mv: Option<u32>,
+    /// Internal battery voltage in millivolts (TRX16I).
+    pub battery_mv: Option<u32>,
+    /// Temperature in tenths of a degree Celsius (S5, SEEWORLD).
+    pub temperature_dc: Option<i32>,
 }
 
 /// Login (0x01).
@@ -287,6 +310,72 @@ pub struct Alarm {
     pub status: Status,
     /// `None` when the frame carried alarm code 0 and no status-bit alarm.
     pub kind: Option<AlarmKind>,
+    /// Serving cell of alarms sent without GPS (0x19, 0xA5); `None` when `location`
+    /// carries the cell or there is none.
+    pub cell: Option<Lbs>,
+}
+
+/// One cell of a multi-cell LBS list. Each carries its own MCC/MNC so a list can be used
+/// without the frame around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Cell {
+    pub lbs: Lbs,
+    /// Signal strength as sent (0x00 weakest … 0xFF strongest on 0x28-style lists).
+    pub rssi: Option<u8>,
+}
+
+/// One WiFi access point seen by the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WifiAp {
+    pub mac: [u8; 6],
+    /// Signal strength byte as sent.
+    pub rssi: u8,
+}
+
+/// A network-only position report (LBS lists, WiFi): no GPS fix, so it locates the device
+/// only through a cell/WiFi lookup done elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CellReport {
+    /// Device time of the measurement, when the frame carries one.
+    pub time: Option<DeviceTime>,
+    /// Serving cell first, then neighbours; empty slots (LAC 0) are left out.
+    pub cells: Vec<Cell>,
+    pub wifi: Vec<WifiAp>,
+    /// 365GPS 0x17 and similar: measured while offline and sent later.
+    pub buffered: bool,
+}
+
+/// Device information without a position (0x94 information transfer, 0xF1/0xF2 status
+/// records, unsolicited `<ICCID:…>` strings …). Every field is what the frame said, in
+/// the unit its name gives; absent fields were not sent.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Info {
+    /// External supply voltage in millivolts.
+    pub power_mv: Option<u32>,
+    /// Internal battery voltage in millivolts.
+    pub battery_mv: Option<u32>,
+    pub battery_pct: Option<u8>,
+    /// SIM card ICCID, decimal digits.
+    pub iccid: Option<String>,
+    /// SIM IMSI, decimal digits.
+    pub imsi: Option<String>,
+    /// Radio technology in use: "2G" or "4G".
+    pub network: Option<&'static str>,
+    pub door_open: Option<bool>,
+    pub ignition: Option<bool>,
+    pub charging: Option<bool>,
+    pub armed: Option<bool>,
+    pub moving: Option<bool>,
+    /// Tenths of a degree Celsius.
+    pub temperature_dc: Option<i32>,
+    /// Relative humidity in tenths of a percent.
+    pub humidity_dpct: Option<u32>,
+    /// RFID / iButton / driver card id.
+    pub driver_id: Option<String>,
+    /// Free text the device reported (status string, fuel sensor, serial data).
+    pub text: Option<String>,
+    /// Device time of the record, when sent.
+    pub time: Option<DeviceTime>,
 }
 
 /// Everything a decoded frame can mean.
@@ -298,6 +387,16 @@ pub enum Message {
     /// 0x10/0x11/0x12/0x22/0xA0 … positions.
     Location(Location),
     Alarm(Alarm),
+    /// Cell/WiFi-only position reports (0x17/0x69 365GPS, 0x28, 0x2C, 0xA1 …).
+    Cells(CellReport),
+    /// Device information without a position (0x94, 0xF1, 0xF2 …).
+    Info(Info),
+    /// The device's answer to a server command (0x15 short form, 0x21 long form).
+    /// `flag` is the 4-byte server flag of the command it answers.
+    CommandReply {
+        flag: u32,
+        text: String,
+    },
     /// A protocol number we recognise as carrying nothing to store, with why.
     Ignored {
         proto: u8,
@@ -317,6 +416,9 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::Location(_) => "location",
             Message::Alarm(_) => "alarm",
+            Message::Cells(_) => "cells",
+            Message::Info(_) => "info",
+            Message::CommandReply { .. } => "command_reply",
             Message::Ignored { .. } => "ignored",
             Message::Unknown { .. } => "unknown",
         }

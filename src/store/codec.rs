@@ -54,7 +54,7 @@ pub struct LbsRecord {
 }
 
 /// Device state reported by heartbeats and alarm frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StatusRecord {
     pub time_ms: i64,
     pub acc: bool,
@@ -64,6 +64,12 @@ pub struct StatusRecord {
     pub voltage_level: Option<u8>,
     pub battery_percent: Option<u8>,
     pub gsm_signal: Option<u8>,
+    /// External (vehicle) power in millivolts.
+    pub power_mv: Option<u32>,
+    /// Internal battery in millivolts.
+    pub battery_mv: Option<u32>,
+    /// Tenths of a degree Celsius.
+    pub temperature_dc: Option<i32>,
 }
 
 /// An alarm or other event. Events are few and kept in their own tree.
@@ -75,6 +81,8 @@ pub struct EventRecord {
     pub kind: String,
     pub lat_raw: Option<i32>,
     pub lon_raw: Option<i32>,
+    /// What the device said, for events that carry text (command replies).
+    pub text: Option<String>,
 }
 
 /// What the store knows about one device.
@@ -87,6 +95,99 @@ pub struct DeviceRecord {
     /// Newest position by fix time (re-sent history never moves it backwards).
     pub last_position: Option<PositionRecord>,
     pub status: Option<StatusRecord>,
+    /// SIM card number, from the device's information report.
+    pub iccid: Option<String>,
+}
+
+/// One journaled request: what a connection asked the store to record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    Position {
+        imei: u64,
+        pos: PositionRecord,
+    },
+    Event {
+        imei: u64,
+        event: EventRecord,
+    },
+    /// The device spoke: refresh `last_seen`, and record login details or status.
+    Seen {
+        imei: u64,
+        at_ms: i64,
+        login: Option<(Option<u16>, Option<i16>)>,
+        status: Option<StatusRecord>,
+    },
+    /// An information report: the fields it carries update the device's status.
+    Info {
+        imei: u64,
+        at_ms: i64,
+        power_mv: Option<u32>,
+        battery_mv: Option<u32>,
+        battery_percent: Option<u8>,
+        temperature_dc: Option<i32>,
+        iccid: Option<String>,
+    },
+}
+
+/// Where a block is and what it covers, kept in the `block_index` tree beside `blocks`
+/// so that finding a device's blocks never needs to read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub count: u32,
+}
+
+/// The foundation's (value version 1) position layout, kept only to migrate old stores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionRecordV1 {
+    pub time_ms: i64,
+    pub received_ms: i64,
+    pub lat_raw: i32,
+    pub lon_raw: i32,
+    pub speed_kmh: u16,
+    pub course: u16,
+    pub satellites: u8,
+    pub valid: bool,
+    pub invalid_reason: Option<String>,
+    pub acc: Option<bool>,
+    pub odometer_m: Option<u32>,
+    pub lbs: Option<LbsRecord>,
+    pub alarm: Option<String>,
+    pub reupload: Option<bool>,
+}
+
+impl From<PositionRecordV1> for PositionRecord {
+    fn from(v: PositionRecordV1) -> Self {
+        PositionRecord {
+            time_ms: v.time_ms,
+            received_ms: v.received_ms,
+            lat_raw: v.lat_raw,
+            lon_raw: v.lon_raw,
+            speed_kmh: v.speed_kmh,
+            course: v.course,
+            satellites: v.satellites,
+            valid: v.valid,
+            invalid_reason: v.invalid_reason,
+            acc: v.acc,
+            odometer_m: v.odometer_m,
+            lbs: v.lbs,
+            alarm: v.alarm,
+            reupload: v.reupload,
+            ..PositionRecord::default()
+        }
+    }
+}
+
+/// Decodes a foundation-era position value (version byte 1).
+pub fn decode_v1_position(bytes: &[u8]) -> Result<PositionRecord, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != 1 {
+        return Err(CodecError::Version(version));
+    }
+    let (v, _): (PositionRecordV1, _) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    Ok(v.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +261,17 @@ mod tests {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, GOLDEN);
         assert_eq!(decode::<PositionRecord>(&bytes).unwrap(), sample());
+    }
+
+    /// The foundation's layout, as its golden test pinned it, still decodes for migration.
+    #[test]
+    fn foundation_value_decodes_for_migration() {
+        let v1 = "01fdb01f400ba1020000fd682b400ba1020000fcf03cca0bfccf5327053dfb4c01050100010101fc40e2010001f6016efbda55000100";
+        let bytes: Vec<u8> = (0..v1.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&v1[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(decode_v1_position(&bytes).unwrap(), sample());
     }
 
     #[test]

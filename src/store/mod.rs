@@ -1,29 +1,42 @@
-//! The store: positions, events and device state in sled, under the data directory.
+//! The store: positions, events and device state, under the data directory.
 //!
-//! Layout: `DATA_DIR/db/` is the sled database with trees `positions` (key
-//! [`keys::position`]), `events` ([`keys::event`]), `devices` ([`keys::device`]) and
-//! `meta` (format version). Values are [`codec`] records.
+//! Layout of `DATA_DIR`:
+//! - `journal/*.wal` — every group commit, fsynced before anyone is answered ([`journal`]);
+//! - `db/` — sled, with trees `blocks` (key IMEI ‖ first fix time → a columnar block of that
+//!   device's consecutive positions, [`block`]), `block_index` (same key → [`BlockMeta`]),
+//!   `events` ([`keys::event`]), `devices` (IMEI → [`DeviceRecord`]) and `meta` (format).
+//!
+//! Positions not yet sealed into blocks ("tails") and the device records live in memory,
+//! shared with readers; the journal makes them durable until a checkpoint writes them to
+//! sled. Reads merge blocks and tails.
 //!
 //! **Architecture invariant:** nothing outside this room names a sled type, and only the
 //! [`writer`] thread writes. Reads ([`Store`]) may run anywhere, concurrently.
 
+pub mod block;
 pub mod codec;
+pub mod journal;
 pub mod keys;
 pub mod writer;
 
-pub use codec::{DeviceRecord, EventRecord, LbsRecord, PositionRecord, StatusRecord};
-pub use writer::{Durability, DurableState, Op, WriteReq, WriterHandle};
+pub use codec::{
+    BlockMeta, DeviceRecord, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord,
+};
+pub use writer::{Durability, DurableState, WriteReq, WriterHandle};
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Format of the store as a whole (trees, keys, values). Recorded in `meta`.
-pub const STORE_FORMAT: u64 = 1;
+/// Format of the store as a whole (files, trees, keys, values). Recorded in `meta`.
+/// 1: the foundation (one sled key per position, tree `positions`); 2: journal + blocks.
+pub const STORE_FORMAT: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store at {path} is in use by another process or unreadable: {detail}")]
     Open { path: PathBuf, detail: String },
-    #[error("store at {path} has format {found}, this build knows format {STORE_FORMAT}")]
+    #[error("store at {path} has format {found}, this build knows formats 1 and {STORE_FORMAT}")]
     Format { path: PathBuf, found: u64 },
     #[error("disk full while writing the store")]
     DiskFull,
@@ -75,17 +88,60 @@ impl From<codec::CodecError> for StoreError {
     }
 }
 
-/// Read access to the store, cheap to clone (sled trees are reference-counted).
-#[derive(Clone)]
-pub struct Store {
+impl From<block::BlockError> for StoreError {
+    fn from(e: block::BlockError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// What lives in memory and is shared between the writer and readers.
+#[derive(Default)]
+pub(crate) struct Live {
+    /// Unsealed positions per device, sorted by fix time, one per fix time.
+    pub tails: HashMap<u64, Vec<PositionRecord>>,
+    pub unsealed: usize,
+    pub devices: HashMap<u64, DeviceRecord>,
+    /// Sealed blocks per device, sorted by first fix time (mirrors `block_index`).
+    pub index: HashMap<u64, Vec<BlockMeta>>,
+    /// Devices whose record changed since the last checkpoint.
+    pub dirty: HashSet<u64>,
+}
+
+impl Live {
+    /// Adds a position to its device's tail; the first position stored for a fix time wins.
+    /// Returns false when that fix time was already there (a re-sent position).
+    pub fn insert(&mut self, imei: u64, pos: PositionRecord) -> bool {
+        let tail = self.tails.entry(imei).or_default();
+        match tail.last() {
+            Some(last) if last.time_ms < pos.time_ms => tail.push(pos),
+            None => tail.push(pos),
+            Some(_) => match tail.binary_search_by_key(&pos.time_ms, |p| p.time_ms) {
+                Ok(_) => return false,
+                Err(i) => tail.insert(i, pos),
+            },
+        }
+        self.unsealed += 1;
+        true
+    }
+}
+
+struct Inner {
     db: sled::Db,
-    positions: sled::Tree,
+    blocks: sled::Tree,
+    block_index: sled::Tree,
     events: sled::Tree,
     devices: sled::Tree,
+    live: RwLock<Live>,
     db_file: PathBuf,
 }
 
-/// Open options that matter for memory and durability.
+/// Read access to the store, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Open options that matter for memory.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenOptions {
     pub cache_bytes: u64,
@@ -99,9 +155,37 @@ impl Default for OpenOptions {
     }
 }
 
+/// A freshly opened store and its journal; the journal goes to the writer.
+pub struct Opened {
+    pub store: Store,
+    pub journal: journal::Journal,
+    pub replay: journal::ReplayStats,
+    /// Positions moved out of a foundation-layout store by this open (0 if none).
+    pub migrated: u64,
+}
+
+/// A damaged block found by [`Store::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadBlock {
+    pub imei: u64,
+    pub first_ms: i64,
+    pub last_ms: Option<i64>,
+    pub problem: String,
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    pub blocks: u64,
+    pub positions: u64,
+    pub events: u64,
+    pub devices: u64,
+    pub bad: Vec<BadBlock>,
+}
+
 impl Store {
-    /// Opens (or creates) the store under `data_dir`.
-    pub fn open(data_dir: &Path, opts: OpenOptions) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store under `data_dir`, replaying the journal.
+    pub fn open(data_dir: &Path, opts: OpenOptions) -> Result<Opened, StoreError> {
         let path = data_dir.join("db");
         let open_err = |detail: String| StoreError::Open {
             path: path.clone(),
@@ -109,8 +193,8 @@ impl Store {
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
         // sled 0.34 defaults to a 1 GiB cache and a 500 ms background fsync: a memory
-        // budget and a loss window chosen by someone else. The cache is ours; the loss
-        // window is closed by the writer, which fsyncs after every group commit.
+        // budget and a loss window chosen by someone else. The cache is ours; durability
+        // comes from the journal and the fsync at every checkpoint.
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(opts.cache_bytes)
@@ -119,34 +203,172 @@ impl Store {
             .open()
             .map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        let positions = tree("positions")?;
-        let events = tree("events")?;
-        let devices = tree("devices")?;
         let meta = tree("meta")?;
-        match meta.get("format").map_err(|e| open_err(e.to_string()))? {
-            None => {
-                meta.insert("format", &STORE_FORMAT.to_be_bytes())
-                    .map_err(|e| open_err(e.to_string()))?;
-                db.flush().map_err(|e| open_err(e.to_string()))?;
-            }
-            Some(v) => {
-                let found = v
-                    .as_ref()
+        let found = meta
+            .get("format")
+            .map_err(|e| open_err(e.to_string()))?
+            .map(|v| {
+                v.as_ref()
                     .try_into()
                     .map(u64::from_be_bytes)
-                    .unwrap_or(u64::MAX);
-                if found != STORE_FORMAT {
-                    return Err(StoreError::Format { path, found });
+                    .unwrap_or(u64::MAX)
+            });
+        if !matches!(found, None | Some(1) | Some(STORE_FORMAT)) {
+            return Err(StoreError::Format {
+                path,
+                found: found.unwrap_or(0),
+            });
+        }
+        let inner = Inner {
+            blocks: tree("blocks")?,
+            block_index: tree("block_index")?,
+            events: tree("events")?,
+            devices: tree("devices")?,
+            live: RwLock::new(Live::default()),
+            db_file: path.join("db"),
+            db,
+        };
+        let store = Store {
+            inner: Arc::new(inner),
+        };
+        store.load_live()?;
+        let migrated = if found == Some(1) {
+            store.migrate_v1()?
+        } else {
+            0
+        };
+        if found != Some(STORE_FORMAT) {
+            meta.insert("format", &STORE_FORMAT.to_be_bytes())?;
+            store.sync()?;
+        }
+        let (journal, replay) = journal::Journal::open(&data_dir.join("journal"), |ops| {
+            let mut live = store.live_mut();
+            for op in ops {
+                store.apply(&mut live, &op);
+            }
+        })?;
+        Ok(Opened {
+            store,
+            journal,
+            replay,
+            migrated,
+        })
+    }
+
+    fn live(&self) -> RwLockReadGuard<'_, Live> {
+        // A panic while holding the lock would leave plain data behind, still usable.
+        self.inner.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn live_mut(&self) -> RwLockWriteGuard<'_, Live> {
+        self.inner.live.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads device records and the block index into memory.
+    fn load_live(&self) -> Result<(), StoreError> {
+        let mut live = self.live_mut();
+        for item in self.inner.devices.iter() {
+            let (k, v) = item?;
+            if let Some(imei) = keys::split_device_key(&k) {
+                live.devices.insert(imei, codec::decode(&v)?);
+            }
+        }
+        for item in self.inner.block_index.iter() {
+            let (k, v) = item?;
+            if let Some((imei, _)) = keys::split_time_key(&k) {
+                live.index.entry(imei).or_default().push(codec::decode(&v)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one journaled request to memory (and events to their tree). Used by the
+    /// writer after the journal fsync and by replay at open; applying twice is harmless.
+    pub(crate) fn apply(&self, live: &mut Live, op: &Op) {
+        match op {
+            Op::Position { imei, pos } => {
+                let dev = device_entry(live, *imei, pos.received_ms);
+                if dev
+                    .last_position
+                    .as_ref()
+                    .is_none_or(|p| pos.time_ms >= p.time_ms)
+                {
+                    dev.last_position = Some(pos.clone());
+                }
+                if !self.is_sealed(live, *imei, pos.time_ms) {
+                    live.insert(*imei, pos.clone());
+                }
+            }
+            Op::Event { imei, event } => {
+                device_entry(live, *imei, event.received_ms);
+                let key = keys::event(*imei, event.time_ms, writer::discriminator(event));
+                if let Err(e) = self.inner.events.insert(key, codec::encode(event)) {
+                    tracing::error!(error = %e, "event not written to the events tree");
+                }
+            }
+            Op::Seen {
+                imei,
+                at_ms,
+                login,
+                status,
+            } => {
+                let dev = device_entry(live, *imei, *at_ms);
+                if let Some((type_id, tz)) = login {
+                    dev.type_id = *type_id;
+                    dev.tz_offset_min = *tz;
+                }
+                if let Some(s) = status {
+                    dev.status = Some(*s);
+                }
+            }
+            Op::Info {
+                imei,
+                at_ms,
+                power_mv,
+                battery_mv,
+                battery_percent,
+                temperature_dc,
+                iccid,
+            } => {
+                let dev = device_entry(live, *imei, *at_ms);
+                let st = dev.status.get_or_insert_with(StatusRecord::default);
+                st.time_ms = st.time_ms.max(*at_ms);
+                st.power_mv = power_mv.or(st.power_mv);
+                st.battery_mv = battery_mv.or(st.battery_mv);
+                st.battery_percent = battery_percent.or(st.battery_percent);
+                st.temperature_dc = temperature_dc.or(st.temperature_dc);
+                if iccid.is_some() {
+                    dev.iccid.clone_from(iccid);
                 }
             }
         }
-        Ok(Store {
-            db,
-            positions,
-            events,
-            devices,
-            db_file: path.join("db"),
-        })
+    }
+
+    /// True when a sealed block of `imei` already holds a position at `time_ms`, so a
+    /// re-sent position is dropped instead of stored twice.
+    fn is_sealed(&self, live: &Live, imei: u64, time_ms: i64) -> bool {
+        let Some(metas) = live.index.get(&imei) else {
+            return false;
+        };
+        let i = metas.partition_point(|m| m.first_ms <= time_ms);
+        let Some(m) = i.checked_sub(1).and_then(|i| metas.get(i)) else {
+            return false;
+        };
+        if time_ms > m.last_ms {
+            return false;
+        }
+        match self.read_block(imei, m.first_ms) {
+            Ok(list) => list.binary_search_by_key(&time_ms, |p| p.time_ms).is_ok(),
+            // An unreadable block cannot prove the position is there: keep the new one.
+            Err(_) => false,
+        }
+    }
+
+    fn read_block(&self, imei: u64, first_ms: i64) -> Result<Vec<PositionRecord>, StoreError> {
+        match self.inner.blocks.get(keys::position(imei, first_ms))? {
+            Some(v) => Ok(block::decode_block(&v)?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Positions of one device with `from_ms <= time < to_ms`, oldest first, at most
@@ -158,38 +380,71 @@ impl Store {
         to_ms: i64,
         limit: usize,
     ) -> Result<(Vec<PositionRecord>, Option<i64>), StoreError> {
-        let mut out = Vec::with_capacity(limit.min(4096));
-        if from_ms >= to_ms {
-            return Ok((out, None));
+        if from_ms >= to_ms || limit == 0 {
+            return Ok((Vec::new(), None));
         }
-        let range = keys::position(imei, from_ms)..keys::position(imei, to_ms);
-        for item in self.positions.range(range) {
-            let (k, v) = item?;
-            if out.len() == limit {
-                return Ok((out, keys::split_time_key(&k).map(|(_, t)| t)));
+        let in_range = |p: &PositionRecord| p.time_ms >= from_ms && p.time_ms < to_ms;
+        let (metas, tail): (Vec<BlockMeta>, Vec<PositionRecord>) = {
+            let live = self.live();
+            let metas = live
+                .index
+                .get(&imei)
+                .map(|v| {
+                    v.iter()
+                        .filter(|m| m.last_ms >= from_ms && m.first_ms < to_ms)
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tail = live
+                .tails
+                .get(&imei)
+                .map(|t| {
+                    let start = t.partition_point(|p| p.time_ms < from_ms);
+                    t[start..]
+                        .iter()
+                        .take_while(|p| p.time_ms < to_ms)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            (metas, tail)
+        };
+        // Blocks of a device never overlap, so their positions come out in order; stop
+        // decoding once a page (plus the one that tells `next`) is certain.
+        let want = limit + 1;
+        let mut sealed = Vec::new();
+        for m in &metas {
+            if sealed.len() >= want {
+                break;
             }
-            out.push(codec::decode(&v)?);
+            sealed.extend(
+                self.read_block(imei, m.first_ms)?
+                    .into_iter()
+                    .filter(in_range),
+            );
         }
-        Ok((out, None))
+        let mut out = merge_unique(sealed, tail);
+        let next = if out.len() > limit {
+            let n = out[limit].time_ms;
+            out.truncate(limit);
+            Some(n)
+        } else {
+            None
+        };
+        Ok((out, next))
     }
 
     /// Every known device with its record, ordered by IMEI.
-    pub fn devices(&self) -> Result<Vec<(u64, DeviceRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.devices.iter() {
-            let (k, v) = item?;
-            if let Some(imei) = keys::split_device_key(&k) {
-                out.push((imei, codec::decode(&v)?));
-            }
-        }
-        Ok(out)
+    pub fn devices(&self) -> Vec<(u64, DeviceRecord)> {
+        let live = self.live();
+        let mut out: Vec<_> = live.devices.iter().map(|(k, v)| (*k, v.clone())).collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
     }
 
-    pub fn device(&self, imei: u64) -> Result<Option<DeviceRecord>, StoreError> {
-        match self.devices.get(keys::device(imei))? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
-            None => Ok(None),
-        }
+    pub fn device(&self, imei: u64) -> Option<DeviceRecord> {
+        self.live().devices.get(&imei).cloned()
     }
 
     /// Events with `from_ms <= time < to_ms`, of one device or all, oldest first per
@@ -202,28 +457,20 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
         let mut out = Vec::new();
-        let mut push = |k: &[u8], v: &[u8]| -> Result<bool, StoreError> {
-            if let Some((imei, t)) = keys::split_time_key(k) {
-                if t >= from_ms && t < to_ms {
-                    out.push((imei, codec::decode(v)?));
-                }
-            }
-            Ok(out.len() < limit)
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match imei {
+            Some(imei) => Box::new(
+                self.inner
+                    .events
+                    .range(keys::event(imei, from_ms, 0)..keys::event(imei, to_ms, 0)),
+            ),
+            None => Box::new(self.inner.events.iter()),
         };
-        match imei {
-            Some(imei) => {
-                let range = keys::event(imei, from_ms, 0)..keys::event(imei, to_ms, 0);
-                for item in self.events.range(range) {
-                    let (k, v) = item?;
-                    if !push(&k, &v)? {
-                        break;
-                    }
-                }
-            }
-            None => {
-                for item in self.events.iter() {
-                    let (k, v) = item?;
-                    if !push(&k, &v)? {
+        for item in iter {
+            let (k, v) = item?;
+            if let Some((imei, t)) = keys::split_time_key(&k) {
+                if t >= from_ms && t < to_ms {
+                    out.push((imei, codec::decode(&v)?));
+                    if out.len() >= limit {
                         break;
                     }
                 }
@@ -232,21 +479,184 @@ impl Store {
         Ok(out)
     }
 
-    /// Number of stored positions (a full key scan: for tests and `verify`, not hot paths).
-    pub fn count_positions(&self) -> usize {
-        self.positions.len()
+    /// Positions stored (sealed and unsealed).
+    pub fn count_positions(&self) -> u64 {
+        let live = self.live();
+        let sealed: u64 = live.index.values().flatten().map(|m| m.count as u64).sum();
+        sealed + live.unsealed as u64
     }
 
-    /// Cheap liveness probe for `/health/ready`: the store answers a read.
+    /// Positions not yet sealed into blocks.
+    pub fn unsealed(&self) -> usize {
+        self.live().unsealed
+    }
+
+    /// Cheap liveness probe for `/health/ready`: sled answers a read.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.devices.first()?;
+        self.inner.devices.first()?;
         Ok(())
     }
 
-    /// Flushes and fsyncs everything written so far; used at shutdown.
+    /// Flushes sled and fsyncs its data file.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        std::fs::File::open(&self.db_file)?.sync_all()?;
+        self.inner.db.flush()?;
+        std::fs::File::open(&self.inner.db_file)?.sync_all()?;
         Ok(())
     }
+
+    /// Reads every block and checks its checksum, its agreement with the index, and that
+    /// a device's blocks are in order without overlap (so no fix time is stored twice).
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let live = self.live();
+        report.devices = live.devices.len() as u64;
+        let mut last: Option<(u64, i64)> = None;
+        for item in self.inner.blocks.iter() {
+            let (k, v) = item?;
+            let Some((imei, first_ms)) = keys::split_time_key(&k) else {
+                continue;
+            };
+            report.blocks += 1;
+            let bad = |problem: String, last_ms| BadBlock {
+                imei,
+                first_ms,
+                last_ms,
+                problem,
+            };
+            match block::verify_block(&v)
+                .map_err(StoreError::from)
+                .and_then(|s| {
+                    let list = block::decode_block(&v)?;
+                    Ok((s, list))
+                }) {
+                Err(e) => report.bad.push(bad(e.to_string(), None)),
+                Ok((s, list)) => {
+                    report.positions += list.len() as u64;
+                    let indexed = live
+                        .index
+                        .get(&imei)
+                        .and_then(|v| v.iter().find(|m| m.first_ms == first_ms));
+                    if indexed.is_none_or(|m| m.count != s.count || m.last_ms != s.last_ms)
+                        || s.first_ms != first_ms
+                    {
+                        report
+                            .bad
+                            .push(bad("block and index disagree".into(), Some(s.last_ms)));
+                    }
+                    if let Some((prev_imei, prev_last)) = last {
+                        if prev_imei == imei && prev_last >= first_ms {
+                            report
+                                .bad
+                                .push(bad("overlaps the previous block".into(), Some(s.last_ms)));
+                        }
+                    }
+                    last = Some((imei, s.last_ms));
+                }
+            }
+        }
+        report.events = self.inner.events.len() as u64;
+        Ok(report)
+    }
+
+    /// Converts a foundation store (one key per position in tree `positions`) into blocks.
+    fn migrate_v1(&self) -> Result<u64, StoreError> {
+        let old = self.inner.db.open_tree("positions")?;
+        let mut moved = 0u64;
+        let mut current: Option<u64> = None;
+        let mut run: Vec<PositionRecord> = Vec::new();
+        let flush = |imei: u64, run: &mut Vec<PositionRecord>| -> Result<(), StoreError> {
+            let mut live = self.live_mut();
+            let ops = writer::seal_ops(&live, imei, std::mem::take(run), |i, f| {
+                self.read_block(i, f)
+            })?;
+            writer::apply_seal_ops(
+                &self.inner.blocks,
+                &self.inner.block_index,
+                &mut live,
+                std::slice::from_ref(&ops),
+            )
+        };
+        for item in old.iter() {
+            let (k, v) = item?;
+            let Some((imei, _)) = keys::split_time_key(&k) else {
+                continue;
+            };
+            if current != Some(imei) || run.len() >= writer::BLOCK_MAX {
+                if let Some(prev) = current {
+                    flush(prev, &mut run)?;
+                }
+                current = Some(imei);
+            }
+            run.push(codec::decode_v1_position(&v)?);
+            moved += 1;
+        }
+        if let Some(prev) = current {
+            flush(prev, &mut run)?;
+        }
+        self.sync()?;
+        self.inner.db.drop_tree("positions")?;
+        tracing::info!(
+            positions = moved,
+            "migrated a foundation-format store to blocks"
+        );
+        Ok(moved)
+    }
+
+    pub(crate) fn trees(&self) -> (&sled::Tree, &sled::Tree, &sled::Tree) {
+        (
+            &self.inner.blocks,
+            &self.inner.block_index,
+            &self.inner.devices,
+        )
+    }
+
+    pub(crate) fn read_block_for_seal(
+        &self,
+        imei: u64,
+        first_ms: i64,
+    ) -> Result<Vec<PositionRecord>, StoreError> {
+        self.read_block(imei, first_ms)
+    }
+}
+
+fn device_entry(live: &mut Live, imei: u64, at_ms: i64) -> &mut DeviceRecord {
+    live.dirty.insert(imei);
+    let dev = live.devices.entry(imei).or_insert_with(|| DeviceRecord {
+        first_seen_ms: at_ms,
+        ..DeviceRecord::default()
+    });
+    dev.last_seen_ms = dev.last_seen_ms.max(at_ms);
+    dev
+}
+
+/// Merges two time-sorted lists into one, one position per fix time; `a` wins a tie
+/// (sealed data is what was stored first).
+pub(crate) fn merge_unique(a: Vec<PositionRecord>, b: Vec<PositionRecord>) -> Vec<PositionRecord> {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut ai = a.into_iter().peekable();
+    let mut bi = b.into_iter().peekable();
+    loop {
+        match (ai.peek(), bi.peek()) {
+            (Some(x), Some(y)) => {
+                if x.time_ms < y.time_ms {
+                    out.extend(ai.next());
+                } else if y.time_ms < x.time_ms {
+                    out.extend(bi.next());
+                } else {
+                    out.extend(ai.next());
+                    bi.next();
+                }
+            }
+            (Some(_), None) => out.extend(ai.by_ref()),
+            (None, Some(_)) => out.extend(bi.by_ref()),
+            (None, None) => break,
+        }
+    }
+    out
 }

@@ -1,39 +1,34 @@
 //! The one writer: a dedicated thread that takes write requests from every connection,
-//! applies them in group commits, makes each commit durable, then tells the connections.
+//! makes each group commit durable in the journal, applies it to memory, answers, and
+//! now and then checkpoints: seals the in-memory tails into sled blocks.
 //!
-//! Why a thread and not a task: sled's writes and `flush` block, and an fsync takes
-//! milliseconds; on a tokio worker that would stall every session sharing it.
+//! Why a thread and not a task: fsync and sled block; on a tokio worker they would stall
+//! every session sharing it.
 //!
-//! **Architecture invariant:** a [`Durability`] is marked up to sequence `n` only after
-//! the commit holding request `n` of that connection was flushed *and* fsynced, so an
-//! answer that waits for `n` never promises data a power cut could still take.
+//! **Architecture invariant:** a [`Durability`] is marked up to sequence `n` only after the
+//! journal record holding request `n` was written and `fdatasync`ed.
+//!
+//! **Architecture invariant (sealing is crash-safe):** a checkpoint writes blocks and their
+//! index in one sled transaction, flushes and fsyncs sled, and only then deletes the
+//! journal segments it sealed. A crash before the deletion replays those segments; every
+//! replayed position whose fix time is already in a sealed block is dropped
+//! (`Store::apply`), so each ACKed position is readable exactly once.
 
-use super::{
-    codec, keys, DeviceRecord, EventRecord, PositionRecord, StatusRecord, Store, StoreError,
-};
+use super::codec::{self, BlockMeta, Op, PositionRecord};
+use super::journal::Journal;
+use super::{block, keys, merge_unique, EventRecord, Live, Opened, Store, StoreError};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// What a connection asks the store to record.
-#[derive(Debug, Clone)]
-pub enum Op {
-    Position {
-        imei: u64,
-        pos: PositionRecord,
-    },
-    Event {
-        imei: u64,
-        event: EventRecord,
-    },
-    /// The device spoke: refresh `last_seen`, and record login details or status.
-    Seen {
-        imei: u64,
-        at_ms: i64,
-        login: Option<(Option<u16>, Option<i16>)>,
-        status: Option<StatusRecord>,
-    },
-}
+/// Largest block, in positions (~24 KiB encoded at 6 B/position).
+pub const BLOCK_MAX: usize = 4096;
+/// A block smaller than this is extended by the next seal of its device instead of being
+/// followed by another small block, so quiet devices don't scatter tiny blocks.
+pub const SMALL_BLOCK: u32 = 512;
 
 /// One request; `ack` lets the sender learn when it is durable.
 #[derive(Debug)]
@@ -99,24 +94,54 @@ impl WriterHandle {
     pub async fn send(&self, req: WriteReq) -> Result<(), StoreError> {
         self.tx.send(req).await.map_err(|_| StoreError::Closed)
     }
+
+    /// For callers outside the runtime (benchmarks, tools).
+    pub fn blocking_send(&self, req: WriteReq) -> Result<(), StoreError> {
+        self.tx.blocking_send(req).map_err(|_| StoreError::Closed)
+    }
 }
 
-/// Starts the writer thread. It ends, after a final commit, when every
+/// When the writer checkpoints and what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterOptions {
+    pub max_batch: usize,
+    /// Seal once this many positions are unsealed (bounds memory and replay time).
+    pub checkpoint_positions: usize,
+    /// Seal at least this often while anything is unsealed.
+    pub checkpoint_interval: Duration,
+    /// Seal when the journal segment grows past this many bytes.
+    pub checkpoint_journal_bytes: u64,
+    /// Drop blocks whose newest fix is older than this; `None` keeps everything.
+    pub retention: Option<Duration>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            max_batch: 4096,
+            checkpoint_positions: 262_144,
+            checkpoint_interval: Duration::from_secs(300),
+            checkpoint_journal_bytes: 256 * 1024 * 1024,
+            retention: None,
+        }
+    }
+}
+
+/// Starts the writer thread. It ends, after a final checkpoint, when every
 /// [`WriterHandle`] has been dropped; join the handle to wait for that.
 pub fn spawn(
-    store: Store,
-    max_batch: usize,
+    opened: Opened,
+    opts: WriterOptions,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = mpsc::channel(max_batch.max(1) * 2);
-    let devices = store
-        .devices()
-        .map(|v| v.into_iter().collect::<HashMap<_, _>>())
-        .unwrap_or_default();
+    let max_batch = opts.max_batch.max(1);
+    let (tx, rx) = mpsc::channel(max_batch * 2);
     let mut w = Writer {
-        store,
+        store: opened.store,
+        journal: opened.journal,
         rx,
-        max_batch: max_batch.max(1),
-        devices,
+        opts: WriterOptions { max_batch, ..opts },
+        last_checkpoint: Instant::now(),
+        last_retention: None,
     };
     let join = std::thread::Builder::new()
         .name("gt06-writer".into())
@@ -126,125 +151,349 @@ pub fn spawn(
 
 struct Writer {
     store: Store,
+    journal: Journal,
     rx: mpsc::Receiver<WriteReq>,
-    max_batch: usize,
-    /// Device records, kept here so a batch updates each touched device once.
-    devices: HashMap<u64, DeviceRecord>,
+    opts: WriterOptions,
+    last_checkpoint: Instant,
+    last_retention: Option<Instant>,
 }
 
 impl Writer {
     fn run(&mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        // Group commit: wait for one request, take whatever else is already queued (up to
-        // max_batch), commit them with one flush. Under load, requests pile up during the
-        // flush and the next batch grows by itself; idle, a lone request costs one flush.
-        while let Some(first) = self.rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
+        let mut batch = Vec::with_capacity(self.opts.max_batch);
+        loop {
+            // Group commit: wait for one request (or the checkpoint timer), take whatever
+            // else is already queued, commit them with one fsync. Under load requests
+            // pile up during the fsync and the next batch grows by itself.
+            let first = if self.store.unsealed() > 0 {
+                let wait = self
+                    .opts
+                    .checkpoint_interval
+                    .saturating_sub(self.last_checkpoint.elapsed());
+                match recv_timeout(&mut self.rx, wait) {
+                    Recv::Got(r) => Some(r),
+                    Recv::Timeout => None,
+                    Recv::Closed => break,
                 }
+            } else {
+                match self.rx.blocking_recv() {
+                    Some(r) => Some(r),
+                    None => break,
+                }
+            };
+            if let Some(first) = first {
+                batch.push(first);
+                while batch.len() < self.opts.max_batch {
+                    match self.rx.try_recv() {
+                        Ok(req) => batch.push(req),
+                        Err(_) => break,
+                    }
+                }
+                let result = self.commit(&batch);
+                notify(&batch, result.as_ref().err());
+                if let Err(e) = result {
+                    tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
+                }
+                batch.clear();
             }
-            let result = self.commit(&batch);
-            self.notify(&batch, result.as_ref().err());
-            if let Err(e) = result {
-                tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
+            if self.checkpoint_due() {
+                self.checkpoint_logged();
             }
-            batch.clear();
         }
-        if let Err(e) = self.store.sync() {
-            tracing::error!(reason = e.reason(), error = %e, "final store sync failed");
-        }
+        self.checkpoint_logged();
         tracing::info!("store writer stopped");
     }
 
     fn commit(&mut self, batch: &[WriteReq]) -> Result<(), StoreError> {
-        let mut positions = sled::Batch::default();
-        let mut events = sled::Batch::default();
-        let mut touched: Vec<u64> = Vec::new();
-        for req in batch {
-            match &req.op {
-                Op::Position { imei, pos } => {
-                    positions.insert(&keys::position(*imei, pos.time_ms), codec::encode(pos));
-                    let dev = self.device(*imei, pos.received_ms, &mut touched);
-                    let newer = dev
-                        .last_position
-                        .as_ref()
-                        .is_none_or(|p| pos.time_ms >= p.time_ms);
-                    if newer {
-                        dev.last_position = Some(pos.clone());
-                    }
-                }
-                Op::Event { imei, event } => {
-                    let key = keys::event(*imei, event.time_ms, discriminator(event));
-                    events.insert(&key, codec::encode(event));
-                    self.device(*imei, event.received_ms, &mut touched);
-                }
-                Op::Seen {
-                    imei,
-                    at_ms,
-                    login,
-                    status,
-                } => {
-                    let dev = self.device(*imei, *at_ms, &mut touched);
-                    if let Some((type_id, tz)) = login {
-                        dev.type_id = *type_id;
-                        dev.tz_offset_min = *tz;
-                    }
-                    if let Some(s) = status {
-                        dev.status = Some(*s);
-                    }
-                }
-            }
+        let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
+        self.journal.append_refs(&ops)?;
+        let mut live = self.store.live_mut();
+        for op in ops {
+            self.store.apply(&mut live, op);
         }
-        self.store.positions.apply_batch(positions)?;
-        self.store.events.apply_batch(events)?;
-        let mut devices = sled::Batch::default();
-        for imei in touched {
-            if let Some(d) = self.devices.get(&imei) {
-                devices.insert(&keys::device(imei), codec::encode(d));
-            }
-        }
-        self.store.devices.apply_batch(devices)?;
-        // sled's flush ends in sync_file_range, which does not survive a power cut
-        // (sled issue #1452); fsync the data file ourselves before anyone is told.
-        self.store.sync()
+        Ok(())
     }
 
-    /// The device's record, created on first sight, with `last_seen` moved forward.
-    fn device(&mut self, imei: u64, at_ms: i64, touched: &mut Vec<u64>) -> &mut DeviceRecord {
-        if !touched.contains(&imei) {
-            touched.push(imei);
-        }
-        let dev = self.devices.entry(imei).or_insert_with(|| DeviceRecord {
-            first_seen_ms: at_ms,
-            ..DeviceRecord::default()
-        });
-        dev.last_seen_ms = dev.last_seen_ms.max(at_ms);
-        dev
+    fn checkpoint_due(&self) -> bool {
+        let unsealed = self.store.unsealed();
+        unsealed >= self.opts.checkpoint_positions
+            || self.journal.len() >= self.opts.checkpoint_journal_bytes
+            || (unsealed > 0 && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
     }
 
-    fn notify(&self, batch: &[WriteReq], err: Option<&StoreError>) {
-        let mut highest: HashMap<*const Durability, (&Arc<Durability>, u64)> = HashMap::new();
-        for req in batch {
-            if let Some((d, seq)) = &req.ack {
-                let e = highest.entry(Arc::as_ptr(d)).or_insert((d, *seq));
-                e.1 = e.1.max(*seq);
+    fn checkpoint_logged(&mut self) {
+        let started = Instant::now();
+        let unsealed = self.store.unsealed();
+        match self.checkpoint() {
+            Ok(blocks) => tracing::debug!(
+                positions = unsealed,
+                blocks,
+                ms = started.elapsed().as_millis() as u64,
+                "checkpoint"
+            ),
+            Err(e) => {
+                tracing::error!(reason = e.reason(), error = %e, "checkpoint failed; the journal keeps the data")
             }
         }
-        for (d, seq) in highest.into_values() {
-            match err {
-                None => d.mark(seq),
-                Some(e) => d.fail(e.reason()),
+        self.last_checkpoint = Instant::now();
+    }
+
+    /// Seals every tail into blocks, persists device records, makes sled durable, then
+    /// retires the journal. Returns the number of blocks written.
+    fn checkpoint(&mut self) -> Result<usize, StoreError> {
+        let (blocks, index, devices) = self.store.trees();
+        let mut live = self.store.live_mut();
+        let tails = std::mem::take(&mut live.tails);
+        let mut all = Vec::with_capacity(tails.len());
+        for (imei, tail) in tails {
+            match seal_ops(&live, imei, tail, |i, f| {
+                self.store.read_block_for_seal(i, f)
+            }) {
+                Ok(ops) => all.push(ops),
+                Err(e) => {
+                    // Keep what could not be sealed in memory (and in the journal).
+                    tracing::error!(imei, error = %e, "cannot seal a device's positions");
+                }
             }
+        }
+        if let Err(e) = apply_seal_ops(blocks, index, &mut live, &all) {
+            // Put the tails back: nothing was written, the journal still holds them.
+            for ops in all {
+                for p in ops.source {
+                    live.insert(ops.imei, p);
+                }
+            }
+            return Err(e);
+        }
+        let written: usize = all.iter().map(|o| o.write.len()).sum();
+        live.unsealed = live.tails.values().map(Vec::len).sum();
+        let mut dev_batch = sled::Batch::default();
+        for imei in std::mem::take(&mut live.dirty) {
+            if let Some(d) = live.devices.get(&imei) {
+                dev_batch.insert(&keys::device(imei), codec::encode(d));
+            }
+        }
+        devices.apply_batch(dev_batch)?;
+        drop(live);
+        if self.retention_due() {
+            self.retention()?;
+        }
+        self.store.sync()?;
+        let old = self.journal.rotate()?;
+        self.journal.remove(&old)?;
+        Ok(written)
+    }
+
+    fn retention_due(&self) -> bool {
+        self.opts.retention.is_some()
+            && self
+                .last_retention
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+    }
+
+    /// Drops whole blocks whose newest fix is older than the retention period.
+    fn retention(&mut self) -> Result<(), StoreError> {
+        let Some(keep) = self.opts.retention else {
+            return Ok(());
+        };
+        self.last_retention = Some(Instant::now());
+        let cutoff = crate::ingest::session::now_ms() - keep.as_millis() as i64;
+        let (blocks, index, _) = self.store.trees();
+        let mut live = self.store.live_mut();
+        let mut all = Vec::new();
+        for (imei, metas) in &live.index {
+            let remove: Vec<i64> = metas
+                .iter()
+                .filter(|m| m.last_ms < cutoff)
+                .map(|m| m.first_ms)
+                .collect();
+            if !remove.is_empty() {
+                all.push(SealOps {
+                    imei: *imei,
+                    remove,
+                    write: Vec::new(),
+                    source: Vec::new(),
+                });
+            }
+        }
+        let dropped: usize = all.iter().map(|o| o.remove.len()).sum();
+        apply_seal_ops(blocks, index, &mut live, &all)?;
+        if dropped > 0 {
+            tracing::info!(blocks = dropped, "retention dropped old blocks");
+        }
+        Ok(())
+    }
+}
+
+enum Recv {
+    Got(WriteReq),
+    Timeout,
+    Closed,
+}
+
+/// `blocking_recv` with a deadline, polling in short sleeps: the writer has no runtime of
+/// its own, and waking every 10 ms only while something is unsealed is nearly free.
+fn recv_timeout(rx: &mut mpsc::Receiver<WriteReq>, wait: Duration) -> Recv {
+    let deadline = Instant::now() + wait;
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return Recv::Got(r),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Recv::Closed,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Recv::Timeout;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
+    }
+}
+
+fn notify(batch: &[WriteReq], err: Option<&StoreError>) {
+    let mut highest: HashMap<*const Durability, (&Arc<Durability>, u64)> = HashMap::new();
+    for req in batch {
+        if let Some((d, seq)) = &req.ack {
+            let e = highest.entry(Arc::as_ptr(d)).or_insert((d, *seq));
+            e.1 = e.1.max(*seq);
+        }
+    }
+    for (d, seq) in highest.into_values() {
+        match err {
+            None => d.mark(seq),
+            Some(e) => d.fail(e.reason()),
         }
     }
 }
 
+/// What sealing one device's tail changes in the `blocks` tree.
+pub(crate) struct SealOps {
+    pub imei: u64,
+    /// First fix times (keys) of blocks to delete.
+    pub remove: Vec<i64>,
+    pub write: Vec<(BlockMeta, Vec<u8>)>,
+    /// The tail that was sealed, kept to restore it if the write fails.
+    pub source: Vec<PositionRecord>,
+}
+
+/// Plans the sealing of `tail` (sorted, one per fix time) for `imei`: a tail that overlaps
+/// sealed blocks is merged with them (the sealed position wins a tie); one that follows a
+/// small block extends it; the result is cut into blocks of at most [`BLOCK_MAX`].
+pub(crate) fn seal_ops(
+    live: &Live,
+    imei: u64,
+    tail: Vec<PositionRecord>,
+    read: impl Fn(u64, i64) -> Result<Vec<PositionRecord>, StoreError>,
+) -> Result<SealOps, StoreError> {
+    let (Some(first), Some(last)) = (
+        tail.first().map(|p| p.time_ms),
+        tail.last().map(|p| p.time_ms),
+    ) else {
+        return Ok(SealOps {
+            imei,
+            remove: Vec::new(),
+            write: Vec::new(),
+            source: tail,
+        });
+    };
+    let metas: &[BlockMeta] = live.index.get(&imei).map(Vec::as_slice).unwrap_or(&[]);
+    let overlapping: Vec<&BlockMeta> = metas
+        .iter()
+        .filter(|m| m.last_ms >= first && m.first_ms <= last)
+        .collect();
+    let mut remove = Vec::new();
+    let merged = if !overlapping.is_empty() {
+        let mut sealed = Vec::new();
+        for m in overlapping {
+            sealed.extend(read(imei, m.first_ms)?);
+            remove.push(m.first_ms);
+        }
+        merge_unique(sealed, tail.clone())
+    } else {
+        let prev = metas.iter().rev().find(|m| m.last_ms < first);
+        match prev {
+            Some(p) if p.count < SMALL_BLOCK && p.count as usize + tail.len() <= BLOCK_MAX => {
+                let mut v = read(imei, p.first_ms)?;
+                remove.push(p.first_ms);
+                v.extend(tail.iter().cloned());
+                v
+            }
+            _ => tail.clone(),
+        }
+    };
+    let write = merged
+        .chunks(BLOCK_MAX)
+        .filter_map(|chunk| {
+            let (f, l) = (chunk.first()?.time_ms, chunk.last()?.time_ms);
+            let meta = BlockMeta {
+                first_ms: f,
+                last_ms: l,
+                count: chunk.len() as u32,
+            };
+            Some((meta, block::encode_block(chunk)))
+        })
+        .collect();
+    Ok(SealOps {
+        imei,
+        remove,
+        write,
+        source: tail,
+    })
+}
+
+/// Applies sealing plans to `blocks` and `block_index` in one sled transaction, then to
+/// the in-memory index. The caller holds the `Live` write lock throughout, so readers see
+/// either the old blocks or the new ones, never a gap.
+pub(crate) fn apply_seal_ops(
+    blocks: &sled::Tree,
+    index: &sled::Tree,
+    live: &mut Live,
+    all: &[SealOps],
+) -> Result<(), StoreError> {
+    if all
+        .iter()
+        .all(|o| o.remove.is_empty() && o.write.is_empty())
+    {
+        return Ok(());
+    }
+    let result: Result<(), TransactionError<StoreError>> =
+        (blocks, index).transaction(|(b, ix)| {
+            for ops in all {
+                for first in &ops.remove {
+                    let k = keys::position(ops.imei, *first);
+                    b.remove(&k[..])?;
+                    ix.remove(&k[..])?;
+                }
+                for (meta, bytes) in &ops.write {
+                    let k = keys::position(ops.imei, meta.first_ms);
+                    b.insert(&k[..], bytes.as_slice())?;
+                    ix.insert(&k[..], codec::encode(meta))?;
+                }
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        });
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    })?;
+    for ops in all {
+        let metas = live.index.entry(ops.imei).or_default();
+        metas.retain(|m| !ops.remove.contains(&m.first_ms));
+        for (meta, _) in &ops.write {
+            match metas.binary_search_by_key(&meta.first_ms, |m| m.first_ms) {
+                Ok(i) => metas[i] = *meta,
+                Err(i) => metas.insert(i, *meta),
+            }
+        }
+        if metas.is_empty() {
+            live.index.remove(&ops.imei);
+        }
+    }
+    Ok(())
+}
+
 /// FNV-1a of the event's identity: equal for a re-sent identical alarm (idempotent),
 /// different for two different events at the same instant.
-fn discriminator(e: &EventRecord) -> u32 {
+pub(crate) fn discriminator(e: &EventRecord) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -272,12 +521,6 @@ mod tests {
             course: 4,
             satellites: 5,
             valid: true,
-            invalid_reason: None,
-            acc: None,
-            odometer_m: None,
-            lbs: None,
-            alarm: None,
-            reupload: None,
             ..PositionRecord::default()
         }
     }
@@ -288,43 +531,66 @@ mod tests {
         d
     }
 
-    #[test]
-    fn acked_writes_are_readable_and_latest_never_moves_back() {
-        let dir = tempdir("acked");
-        let store = Store::open(&dir, Default::default()).unwrap();
-        let (handle, join) = spawn(store.clone(), 16).unwrap();
+    fn opts(checkpoint_positions: usize) -> WriterOptions {
+        WriterOptions {
+            max_batch: 16,
+            checkpoint_positions,
+            ..WriterOptions::default()
+        }
+    }
+
+    fn write_all(handle: &WriterHandle, ops: Vec<Op>) {
         let d = Arc::new(Durability::default());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
-            for (seq, t) in [(1, 2_000), (2, 1_000), (3, 3_000), (4, 2_500)] {
-                let op = Op::Position {
-                    imei: 42,
-                    pos: pos(t),
-                };
+            let n = ops.len() as u64;
+            for (i, op) in ops.into_iter().enumerate() {
                 handle
                     .send(WriteReq {
                         op,
-                        ack: Some((d.clone(), seq)),
+                        ack: Some((d.clone(), i as u64 + 1)),
                     })
                     .await
                     .unwrap();
             }
-            let mut rx = d.subscribe();
-            rx.wait_for(|s| s.seq >= 4).await.unwrap();
+            d.subscribe().wait_for(|s| s.seq >= n).await.unwrap();
         });
-        let (got, next) = store.positions(42, 0, i64::MAX, 10).unwrap();
-        assert_eq!(
-            got.iter().map(|p| p.time_ms).collect::<Vec<_>>(),
-            [1_000, 2_000, 2_500, 3_000]
-        );
-        assert_eq!(next, None);
+    }
+
+    fn times(store: &Store, imei: u64) -> Vec<i64> {
+        store
+            .positions(imei, 0, i64::MAX, 100_000)
+            .unwrap()
+            .0
+            .iter()
+            .map(|p| p.time_ms)
+            .collect()
+    }
+
+    #[test]
+    fn acked_writes_are_readable_and_latest_never_moves_back() {
+        let dir = tempdir("acked");
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        let (handle, join) = spawn(opened, opts(1_000_000)).unwrap();
+        let ops = [2_000, 1_000, 3_000, 2_500]
+            .iter()
+            .map(|t| Op::Position {
+                imei: 42,
+                pos: pos(*t),
+            })
+            .collect();
+        write_all(&handle, ops);
+        assert_eq!(times(&store, 42), [1_000, 2_000, 2_500, 3_000]);
         let (page, next) = store.positions(42, 0, i64::MAX, 2).unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(next, Some(2_500));
-        let dev = store.device(42).unwrap().unwrap();
-        assert_eq!(dev.last_position.unwrap().time_ms, 3_000);
+        assert_eq!(
+            store.device(42).unwrap().last_position.unwrap().time_ms,
+            3_000
+        );
         drop(handle);
         join.join().unwrap();
         drop(store);
@@ -332,37 +598,97 @@ mod tests {
     }
 
     #[test]
+    fn late_and_resent_positions_land_in_order_exactly_once_across_seals_and_reopen() {
+        let dir = tempdir("late");
+        {
+            let opened = Store::open(&dir, Default::default()).unwrap();
+            let store = opened.store.clone();
+            // Checkpoint every 10 positions, so sealing happens between the writes.
+            let (handle, join) = spawn(opened, opts(10)).unwrap();
+            let first: Vec<Op> = (0..25)
+                .map(|i| Op::Position {
+                    imei: 7,
+                    pos: pos(i * 1000),
+                })
+                .collect();
+            write_all(&handle, first);
+            // A buffer upload: older points interleaved with ones already stored, twice.
+            for _ in 0..2 {
+                let late: Vec<Op> = (0..40)
+                    .map(|i| Op::Position {
+                        imei: 7,
+                        pos: pos(i * 500),
+                    })
+                    .collect();
+                write_all(&handle, late);
+            }
+            let mut want: Vec<i64> = (0..40).map(|i| i * 500).collect();
+            want.extend((20..25).map(|i| i * 1000));
+            assert_eq!(times(&store, 7), want);
+            drop(handle);
+            join.join().unwrap();
+            assert_eq!(times(&store, 7), want);
+            let report = store.verify().unwrap();
+            assert!(report.bad.is_empty(), "{:?}", report.bad);
+            assert_eq!(report.positions, 45);
+        }
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let mut want: Vec<i64> = (0..40).map(|i| i * 500).collect();
+        want.extend((20..25).map(|i| i * 1000));
+        assert_eq!(times(&opened.store, 7), want);
+        assert_eq!(opened.store.count_positions(), 45);
+        drop(opened);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn identical_alarm_is_stored_once_and_different_ones_both() {
         let dir = tempdir("events");
-        let store = Store::open(&dir, Default::default()).unwrap();
-        let (handle, join) = spawn(store.clone(), 16).unwrap();
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        let (handle, join) = spawn(opened, opts(1000)).unwrap();
         let ev = |kind: &str| EventRecord {
             time_ms: 5_000,
             received_ms: 5_100,
             kind: kind.into(),
             lat_raw: Some(1),
             lon_raw: Some(2),
+            text: None,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            for e in [ev("sos"), ev("sos"), ev("power_cut")] {
-                handle
-                    .send(WriteReq {
-                        op: Op::Event { imei: 7, event: e },
-                        ack: None,
-                    })
-                    .await
-                    .unwrap();
-            }
-        });
+        let ops = [ev("sos"), ev("sos"), ev("power_cut")]
+            .into_iter()
+            .map(|event| Op::Event { imei: 7, event })
+            .collect();
+        write_all(&handle, ops);
         drop(handle);
         join.join().unwrap();
         let got = store.events(Some(7), 0, i64::MAX, 100).unwrap();
         let mut kinds: Vec<_> = got.iter().map(|(_, e)| e.kind.clone()).collect();
         kinds.sort();
         assert_eq!(kinds, ["power_cut", "sos"]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn quiet_device_extends_its_small_block_instead_of_adding_new_ones() {
+        let dir = tempdir("small");
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        let (handle, join) = spawn(opened, opts(3)).unwrap();
+        for round in 0..5 {
+            let ops = (0..3)
+                .map(|i| Op::Position {
+                    imei: 9,
+                    pos: pos(round * 10_000 + i * 1000),
+                })
+                .collect();
+            write_all(&handle, ops);
+        }
+        drop(handle);
+        join.join().unwrap();
+        let report = store.verify().unwrap();
+        assert_eq!((report.blocks, report.positions), (1, 15));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,6 +3,7 @@
 //! names stay [`AlarmKind::Other`] so they are still stored and counted.
 
 use crate::protocol::types::AlarmKind;
+use crate::protocol::Model;
 
 /// The alarm byte of ST5 and its relatives (§11.1). Only 0 means "no alarm": every other
 /// code is reported, named or not, because the device re-sends what we do not ack.
@@ -46,7 +47,21 @@ pub(crate) fn from_status_bits(info: u8) -> Option<AlarmKind> {
     }
 }
 
-/// The alarm byte when it says something, else the status bits.
-pub(crate) fn kind(code: u8, info: u8) -> Option<AlarmKind> {
-    from_alarm_code(code).or_else(|| from_status_bits(info))
+/// Codes whose meaning a model family changes (§11.1, Traccar's model-specific column).
+fn model_override(model: Model, code: u8) -> Option<AlarmKind> {
+    match (model, code) {
+        (Model::Vl, 0x28) => Some(AlarmKind::PowerOff),
+        (Model::Lw, 0x18) => Some(AlarmKind::Accident),
+        (Model::Lw, 0x19) => Some(AlarmKind::HardAcceleration),
+        (Model::Seeworld, 0x28) => Some(AlarmKind::HardCornering),
+        (Model::Seeworld, 0x29) => Some(AlarmKind::Accident),
+        _ => None,
+    }
+}
+
+/// The alarm byte when it says something (as the model reads it), else the status bits.
+pub(crate) fn kind(model: Model, code: u8, info: u8) -> Option<AlarmKind> {
+    model_override(model, code)
+        .or_else(|| from_alarm_code(code))
+        .or_else(|| from_status_bits(info))
 }

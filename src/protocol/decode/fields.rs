@@ -9,7 +9,7 @@ use nom::bytes::complete::take;
 use nom::number::complete::{be_u16, be_u24, be_u32, be_u64, be_u8};
 use nom::IResult;
 
-use crate::protocol::types::{DeviceTime, Gps, Lbs, Status};
+use crate::protocol::types::{DeviceTime, Gps, Lbs, Status, WifiAp};
 
 pub(crate) type In<'a> = &'a [u8];
 
@@ -29,6 +29,32 @@ pub(crate) fn time_binary(i: In) -> IResult<In, Option<DeviceTime>> {
         _ => return Ok((i, None)),
     };
     Ok((i, t.to_unix_ms_utc().map(|_| t)))
+}
+
+/// Converts one BCD byte (`0x26` → 26); `None` if a nibble is not a decimal digit.
+pub(crate) fn bcd(b: u8) -> Option<u8> {
+    let (hi, lo) = (b >> 4, b & 0x0F);
+    (hi < 10 && lo < 10).then_some(hi * 10 + lo)
+}
+
+/// Six BCD bytes (365GPS 0x17/0x69 only).
+pub(crate) fn time_bcd(i: In) -> IResult<In, Option<DeviceTime>> {
+    let (i, b) = take(6usize)(i)?;
+    let t = (|| {
+        let [yy, mo, dd, hh, mi, ss] = *b else {
+            return None;
+        };
+        let t = DeviceTime {
+            year: 2000 + u16::from(bcd(yy)?),
+            month: bcd(mo)?,
+            day: bcd(dd)?,
+            hour: bcd(hh)?,
+            minute: bcd(mi)?,
+            second: bcd(ss)?,
+        };
+        t.to_unix_ms_utc().map(|_| t)
+    })();
+    Ok((i, t))
 }
 
 /// Course/status word bits (§5.2).
@@ -204,4 +230,69 @@ pub(crate) fn st5(i: In) -> IResult<In, Status> {
             ..status_from_info(info)
         },
     ))
+}
+
+/// One WiFi access point: MAC 6, RSSI 1.
+pub(crate) fn wifi_ap(i: In) -> IResult<In, WifiAp> {
+    let (i, mac) = take(6usize)(i)?;
+    let (i, rssi) = be_u8(i)?;
+    let mac = <[u8; 6]>::try_from(mac).unwrap_or_default();
+    Ok((i, WifiAp { mac, rssi }))
+}
+
+/// A WiFi count byte and that many access points. Devices that ran out of room send a
+/// count their frame cannot hold: only the access points present are returned.
+pub(crate) fn wifi_list(i: In) -> IResult<In, Vec<WifiAp>> {
+    let (mut i, n) = be_u8(i)?;
+    let mut out = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        match wifi_ap(i) {
+            Ok((rest, ap)) => {
+                out.push(ap);
+                i = rest;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok((i, out))
+}
+
+/// Lowercase hex of `bytes` (ids the devices send as raw bytes).
+pub(crate) fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decimal digits of BCD `bytes`, dropping `f` filler nibbles and, when `skip_first`,
+/// the leading nibble (IMEI/IMSI style). `None` if another non-digit nibble appears.
+pub(crate) fn bcd_digits(bytes: &[u8], skip_first: bool) -> Option<String> {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    let nibbles = bytes.iter().flat_map(|b| [b >> 4, b & 0x0F]);
+    for nibble in nibbles.skip(usize::from(skip_first)) {
+        match nibble {
+            0..=9 => out.push(char::from(b'0' + nibble)),
+            0x0F => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Text of a device string: printable ASCII with surrounding NULs, spaces and CR/LF
+/// removed; `None` if it holds other bytes (then callers fall back to hex).
+pub(crate) fn ascii_text(bytes: &[u8]) -> Option<String> {
+    let trimmed = bytes
+        .iter()
+        .position(|b| !matches!(b, 0 | b' ' | b'\r' | b'\n'))
+        .map(|start| {
+            let end = bytes
+                .iter()
+                .rposition(|b| !matches!(b, 0 | b' ' | b'\r' | b'\n'))
+                .map_or(bytes.len(), |e| e + 1);
+            bytes.get(start..end).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    trimmed
+        .iter()
+        .all(|b| (0x20..0x7F).contains(b))
+        .then(|| String::from_utf8_lossy(trimmed).into_owned())
 }

@@ -273,21 +273,183 @@ fn unknown_protocol_number_is_unknown() {
 
 #[test]
 fn decoding_any_content_never_panics() {
+    use crate::protocol::{Form, Frame};
     let mut x: u32 = 0x1234_5678;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    };
     for proto in 0..=255u8 {
-        for len in 0..64usize {
-            let content: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
-            let frame =
-                crate::protocol::encode::frame(crate::protocol::Form::Short, proto, &content, 1);
-            let frame = one_frame(&frame, &SplitOptions::default());
-            let _ = decode(&frame, &DecodeCtx::default());
+        for len in 0..=120usize {
+            for pattern in 0..3 {
+                let content: Vec<u8> = (0..len)
+                    .map(|_| match pattern {
+                        0 => next(),
+                        1 => 0x00,
+                        _ => 0xFF,
+                    })
+                    .collect();
+                for form in [Form::Short, Form::Long] {
+                    for serial in [Some(1), None] {
+                        let mut raw = vec![0x78, 0x78, next(), proto];
+                        raw.extend_from_slice(&content);
+                        raw.extend_from_slice(&[0x0D, 0x0A]);
+                        let frame = Frame {
+                            form,
+                            proto,
+                            content: content.clone(),
+                            serial,
+                            crc_ok: serial.map(|_| true),
+                            raw,
+                        };
+                        let _ = decode(&frame, &DecodeCtx::default());
+                    }
+                }
+            }
         }
     }
+}
+
+fn info(text: &str) -> crate::protocol::Info {
+    match msg(text) {
+        Ok(Message::Info(i)) => i,
+        other => panic!("expected info from {text}, got {other:?}"),
+    }
+}
+
+fn cells(text: &str) -> crate::protocol::CellReport {
+    match msg(text) {
+        Ok(Message::Cells(c)) => c,
+        other => panic!("expected cells from {text}, got {other:?}"),
+    }
+}
+
+#[test]
+fn wifi_365gps_reads_bcd_time_access_points_and_cells() {
+    let report = cells("787803691604130318491475905bd30e25001e10bbf7635d14759006e626560501cc0028660f213228660f1f2828660ea81e286610731428660f20140d0a");
+    assert_eq!(report.time, Some(time(2016, 4, 13, 3, 18, 49)));
+    assert_eq!(report.wifi.len(), 3);
+    assert_eq!(report.wifi[0].mac, [0x14, 0x75, 0x90, 0x5b, 0xd3, 0x0e]);
+    assert_eq!(report.cells.len(), 5);
+    assert_eq!(
+        report.cells[0].lbs,
+        Lbs {
+            mcc: 460,
+            mnc: 0,
+            lac: 0x2866,
+            cell: 0x0f21
+        }
+    );
+    assert!(!report.buffered);
+}
+
+#[test]
+fn lbs_multi_cell_0x28_drops_empty_slots() {
+    let report = cells("78783b2810010d02020201cc00287d001f713e287d001f7231287d001e232d287d001f4018000000000000000000000000000000000000ff00020005b14b0d0a");
+    assert_eq!(report.cells.len(), 4);
+    assert_eq!(report.cells[3].rssi, Some(0x18));
+}
+
+#[test]
+fn information_transfer_external_voltage_and_iccid() {
+    assert_eq!(info("79790008940b02e3048614200d0a").power_mv, Some(7390));
+    let i = info("797900209 40a035985708236675805200502187214018966051912408052452f00035556 0d0a");
+    assert_eq!(i.iccid.as_deref(), Some("8966051912408052452"));
+    assert_eq!(i.imsi.as_deref(), Some("520050218721401"));
+}
+
+#[test]
+fn command_replies_in_short_and_long_form() {
+    let m = msg("787829152100000000526573746f7265206675656c20737570706c793a2053756363657373210002014077ce0d0a");
+    assert_eq!(
+        m,
+        Ok(Message::CommandReply {
+            flag: 0,
+            text: "Restore fuel supply: Success!".into()
+        })
+    );
+    let m = msg(
+        "797900262100000000020043006f006d006d0061006e00640020006500720072006f0072002100236e850d0a",
+    );
+    assert!(
+        matches!(m, Ok(Message::CommandReply { ref text, .. }) if text == "Command error!"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn lbs_alarm_without_gps_keeps_its_cell() {
+    let a = alarm("78781219028f0a29e10036f12003040102000875dc0d0a");
+    assert_eq!(a.kind, Some(AlarmKind::Sos));
+    assert_eq!(a.location, None);
+    assert_eq!(a.cell.map(|c| (c.mcc, c.lac)), Some((655, 0x29e1)));
+}
+
+#[test]
+fn obd6_heartbeat_carries_power_and_temperature() {
+    let Ok(Message::Heartbeat(s)) = msg("7878131340b2fa000201040000000000011c00400e550d0a") else {
+        panic!("heartbeat expected");
+    };
+    assert_eq!((s.temperature_dc, s.battery_pct), (Some(284), Some(1)));
+}
+
+#[test]
+fn model_names_map_to_families() {
+    use crate::protocol::Model;
+    let cases = [
+        ("NT20", Model::Nt),
+        ("xt40", Model::Nt),
+        ("QH302R", Model::Qh302r),
+        ("LW4G-4B", Model::Lw),
+        ("SEEWORLD", Model::Seeworld),
+        ("R11", Model::R11),
+        ("G18", Model::Vl),
+        ("GT06N", Model::Standard),
+        ("", Model::Standard),
+    ];
+    for (name, want) in cases {
+        assert_eq!(Model::from_name(name), want, "{name}");
+    }
+}
+
+#[test]
+fn a_configured_model_reads_the_heartbeat_voltage() {
+    use crate::protocol::Model;
+    let frame = one_frame(
+        &hex("78780a13460b120400160642c20d0a"),
+        &SplitOptions::default(),
+    );
+    let Ok(Message::Heartbeat(s)) = decode(&frame, &DecodeCtx { model: Model::R11 }) else {
+        panic!("heartbeat expected");
+    };
+    assert_eq!(s.power_mv, Some(28_340));
+    // Without the model the same bytes are a plain ST5 with no supply voltage.
+    let Ok(Message::Heartbeat(s)) = decode(&frame, &DecodeCtx::default()) else {
+        panic!("heartbeat expected");
+    };
+    assert_eq!((s.power_mv, s.voltage_level), (None, Some(0x0b)));
+}
+
+#[test]
+fn a_configured_model_renames_alarm_codes() {
+    use crate::protocol::Model;
+    // Peer vector 171: alarm byte 0x19 is low battery for the vendor, hard acceleration
+    // on LW models.
+    let frame = one_frame(
+        &hex(
+            "78782516180516150812c804b50ee80880e40805dcf909012e000000986633460604190106c393490d0a",
+        ),
+        &SplitOptions::default(),
+    );
+    let kind = |ctx: DecodeCtx| match decode(&frame, &ctx) {
+        Ok(Message::Alarm(a)) => a.kind,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(kind(DecodeCtx::default()), Some(AlarmKind::LowBattery));
+    assert_eq!(
+        kind(DecodeCtx { model: Model::Lw }),
+        Some(AlarmKind::HardAcceleration)
+    );
 }

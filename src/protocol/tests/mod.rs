@@ -4,6 +4,7 @@
 mod decoding;
 mod framing;
 mod peer_vectors;
+mod property;
 mod replies;
 mod roundtrip;
 

@@ -55,6 +55,7 @@ fn status() -> Status {
         gsm_signal: Some(3),
         alarm_code: Some(0),
         language: Some(2),
+        ..Status::default()
     }
 }
 
@@ -144,6 +145,11 @@ fn location_0x22_round_trips_with_and_without_mileage() {
             odometer_m,
             reupload: Some(true),
             upload_mode: Some(3),
+            driver_id: None,
+            altitude_m: None,
+            power_mv: None,
+            battery_mv: None,
+            temperature_dc: None,
         };
         assert_eq!(
             decoded(&encode::location_0x22(&loc, 77)),
@@ -183,6 +189,7 @@ fn alarm_round_trips() {
             }),
             status: s,
             kind: Some(kind),
+            cell: None,
         };
         assert_eq!(
             decoded(&encode::alarm(proto, &loc, &status(), code, 5)),

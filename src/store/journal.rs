@@ -1,0 +1,342 @@
+//! The journal: an append-only log of group commits, fsynced before anyone is answered,
+//! replayed at open, and deleted once a checkpoint has sealed what it holds into sled.
+//!
+//! Files: `DATA_DIR/journal/<seq as 16 hex digits>.wal`. Each starts with the 8-byte
+//! magic [`MAGIC`]; then records `len: u32 LE | crc32(payload): u32 LE | payload`, one per
+//! group commit, where payload is bincode 2 (standard) of `Vec<Op>`.
+//!
+//! Why a journal and not one sled key per unsealed position: a sequential append plus one
+//! `fdatasync` per batch is the cheapest durable write there is, and it keeps sled (whose
+//! memory grows with every write) off the hot path.
+//!
+//! This room never decides *when* to checkpoint; the writer does.
+
+use super::codec::Op;
+use super::StoreError;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// File magic, with the journal format version as its last byte.
+pub const MAGIC: &[u8; 8] = b"GT06WAL\x01";
+/// A record larger than this is not one we wrote: treat it as a torn or corrupt tail.
+const MAX_RECORD: u32 = 256 * 1024 * 1024;
+
+pub struct Journal {
+    dir: PathBuf,
+    file: File,
+    seq: u64,
+    /// Bytes in the current segment.
+    len: u64,
+}
+
+/// What replay found, for the log and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub segments: usize,
+    pub batches: usize,
+    /// Bytes dropped from the end of the last segment (a write cut short by a crash).
+    pub torn_tail_bytes: u64,
+    /// Records that failed their checksum before the last segment's end (real damage).
+    pub corrupt_records: usize,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.wal"))
+}
+
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
+        if let Ok(seq) = u64::from_str_radix(stem, 16) {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Makes a directory entry (a created or deleted file) durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl Journal {
+    /// Opens `dir` (creating it), replays every segment in order and calls `apply` with
+    /// each batch, then leaves the journal ready to append to its newest segment.
+    pub fn open(
+        dir: &Path,
+        mut apply: impl FnMut(Vec<Op>),
+    ) -> Result<(Journal, ReplayStats), StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let segs = segments(dir)?;
+        let mut stats = ReplayStats {
+            segments: segs.len(),
+            ..ReplayStats::default()
+        };
+        let last = segs.len().saturating_sub(1);
+        let mut good_len = 0;
+        for (i, (_, path)) in segs.iter().enumerate() {
+            let (good, total, corrupt) = replay_segment(path, &mut apply, &mut stats.batches)?;
+            if i == last {
+                good_len = good;
+                stats.torn_tail_bytes = total - good;
+            } else if good < total {
+                stats.corrupt_records += corrupt.max(1);
+            }
+        }
+        let (seq, file, len) = match segs.last() {
+            Some((seq, path)) => {
+                let file = OpenOptions::new().read(true).write(true).open(path)?;
+                if good_len < MAGIC.len() as u64 {
+                    // Crashed while creating the segment: write the header again.
+                    file.set_len(0)?;
+                    (&file).write_all(MAGIC)?;
+                    good_len = MAGIC.len() as u64;
+                } else {
+                    // Cut the torn tail so the next batch follows the last good one.
+                    file.set_len(good_len)?;
+                }
+                file.sync_all()?;
+                (*seq, file, good_len)
+            }
+            None => {
+                let file = create_segment(dir, 1)?;
+                (1, file, MAGIC.len() as u64)
+            }
+        };
+        let mut j = Journal {
+            dir: dir.to_path_buf(),
+            file,
+            seq,
+            len,
+        };
+        use std::io::Seek;
+        j.file.seek(std::io::SeekFrom::Start(j.len))?;
+        Ok((j, stats))
+    }
+
+    /// Appends one group commit and makes it durable (`fdatasync`).
+    pub fn append(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        self.append_refs(&ops.iter().collect::<Vec<_>>())
+    }
+
+    /// [`Journal::append`] for borrowed requests (serializes exactly like `&[Op]`).
+    pub fn append_refs(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
+        let payload = bincode::serde::encode_to_vec(ops, bincode::config::standard())
+            .map_err(|e| StoreError::Io(format!("journal encode: {e}")))?;
+        let mut rec = Vec::with_capacity(payload.len() + 8);
+        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        rec.extend_from_slice(&payload);
+        if let Err(e) = self.file.write_all(&rec) {
+            // A partial write must not leave garbage in front of the next batch.
+            let _ = self.file.set_len(self.len);
+            use std::io::Seek;
+            let _ = self.file.seek(std::io::SeekFrom::Start(self.len));
+            return Err(e.into());
+        }
+        self.file.sync_data()?;
+        self.len += rec.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes in the current segment.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the current segment holds no batch.
+    pub fn is_empty(&self) -> bool {
+        self.len <= MAGIC.len() as u64
+    }
+
+    /// Starts a new segment for the batches that follow and returns the older segments,
+    /// which the caller deletes with [`Journal::remove`] once what they hold is sealed.
+    pub fn rotate(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        let next = self.seq + 1;
+        let file = create_segment(&self.dir, next)?;
+        self.file = file;
+        self.seq = next;
+        self.len = MAGIC.len() as u64;
+        Ok(segments(&self.dir)?
+            .into_iter()
+            .filter(|(s, _)| *s < next)
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// Deletes sealed segments, durably.
+    pub fn remove(&self, paths: &[PathBuf]) -> Result<(), StoreError> {
+        for p in paths {
+            std::fs::remove_file(p)?;
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
+    let path = segment_path(dir, seq);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    file.write_all(MAGIC)?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Replays one segment; returns (bytes up to the last good record, file length, number
+/// of bad records seen).
+fn replay_segment(
+    path: &Path,
+    apply: &mut impl FnMut(Vec<Op>),
+    batches: &mut usize,
+) -> Result<(u64, u64, usize), StoreError> {
+    let file = File::open(path)?;
+    let total = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Ok((0, total, 1));
+    }
+    let mut good = MAGIC.len() as u64;
+    let mut payload = Vec::new();
+    loop {
+        let mut head = [0u8; 8];
+        if r.read_exact(&mut head).is_err() {
+            return Ok((good, total, 0));
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > MAX_RECORD || good + 8 + len as u64 > total {
+            return Ok((good, total, 1));
+        }
+        payload.resize(len as usize, 0);
+        if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+            return Ok((good, total, 1));
+        }
+        match bincode::serde::decode_from_slice::<Vec<Op>, _>(&payload, bincode::config::standard())
+        {
+            Ok((ops, _)) => {
+                *batches += 1;
+                apply(ops);
+            }
+            Err(_) => return Ok((good, total, 1)),
+        }
+        good += 8 + len as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec::PositionRecord;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gt06-journal-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn op(t: i64) -> Op {
+        Op::Position {
+            imei: 7,
+            pos: PositionRecord {
+                time_ms: t,
+                ..PositionRecord::default()
+            },
+        }
+    }
+
+    fn replay(d: &Path) -> (Journal, Vec<Vec<Op>>, ReplayStats) {
+        let mut got = Vec::new();
+        let (j, stats) = Journal::open(d, |b| got.push(b)).unwrap();
+        (j, got, stats)
+    }
+
+    #[test]
+    fn batches_come_back_in_order_across_segments() {
+        let d = dir("order");
+        let (mut j, got, _) = replay(&d);
+        assert!(got.is_empty());
+        j.append(&[op(1), op(2)]).unwrap();
+        let old = j.rotate().unwrap();
+        assert_eq!(old.len(), 1);
+        j.append(&[op(3)]).unwrap();
+        drop(j);
+        let (_, got, stats) = replay(&d);
+        assert_eq!(got.len(), 2);
+        assert_eq!(stats.segments, 2);
+        assert!(matches!(&got[1][0], Op::Position { pos, .. } if pos.time_ms == 3));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_appending_continues_after_the_last_good_batch() {
+        let d = dir("torn");
+        let (mut j, _, _) = replay(&d);
+        j.append(&[op(1)]).unwrap();
+        j.append(&[op(2)]).unwrap();
+        let path = segment_path(&d, 1);
+        let full = std::fs::metadata(&path).unwrap().len();
+        drop(j);
+        // Every cut inside the second record loses that record only.
+        for cut in (full - 20)..full {
+            let bytes = std::fs::read(&path).unwrap();
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len(cut).unwrap();
+            drop(f);
+            let (mut j, got, stats) = replay(&d);
+            assert_eq!(got.len(), 1, "cut at {cut}");
+            assert!(stats.torn_tail_bytes > 0);
+            j.append(&[op(9)]).unwrap();
+            drop(j);
+            let (_, got, _) = replay(&d);
+            assert_eq!(got.len(), 2);
+            assert!(matches!(&got[1][0], Op::Position { pos, .. } if pos.time_ms == 9));
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn flipped_bit_stops_replay_at_the_damaged_record() {
+        let d = dir("flip");
+        let (mut j, _, _) = replay(&d);
+        j.append(&[op(1)]).unwrap();
+        let first_end = j.len();
+        j.append(&[op(2)]).unwrap();
+        drop(j);
+        let path = segment_path(&d, 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[first_end as usize + 10] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, got, _) = replay(&d);
+        assert_eq!(got.len(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn removed_segments_are_not_replayed() {
+        let d = dir("remove");
+        let (mut j, _, _) = replay(&d);
+        j.append(&[op(1)]).unwrap();
+        let old = j.rotate().unwrap();
+        j.remove(&old).unwrap();
+        j.append(&[op(2)]).unwrap();
+        drop(j);
+        let (_, got, stats) = replay(&d);
+        assert_eq!((got.len(), stats.segments), (1, 1));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
