@@ -29,6 +29,18 @@ pub struct Position {
     pub alarm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reupload: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_percent: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gsm_signal: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_v: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_v: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +69,14 @@ pub struct Status {
     pub battery_percent: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gsm_signal: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_v: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_v: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iccid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub type_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +110,8 @@ pub struct Event {
     pub received: String,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// Degrees from the wire's integer unit, rounded to 7 decimals (1/1,800,000° is
@@ -120,6 +142,12 @@ impl From<&PositionRecord> for Position {
             }),
             alarm: p.alarm.clone(),
             reupload: p.reupload,
+            battery_percent: p.battery_percent,
+            gsm_signal: p.gsm_signal,
+            power_v: p.power_mv.map(millis),
+            battery_v: p.battery_mv.map(millis),
+            temperature_c: p.temperature_dc.map(tenths),
+            driver_id: p.driver_id.clone(),
         }
     }
 }
@@ -135,10 +163,14 @@ fn status(s: Option<&StatusRecord>, d: &DeviceRecord) -> Status {
             voltage_level: s.voltage_level,
             battery_percent: s.battery_percent,
             gsm_signal: s.gsm_signal,
+            power_v: s.power_mv.map(millis),
+            battery_v: s.battery_mv.map(millis),
+            temperature_c: s.temperature_dc.map(tenths),
             ..Status::default()
         },
         None => Status::default(),
     };
+    out.iccid.clone_from(&d.iccid);
     out.type_id = d.type_id.map(|t| format!("{t:#06x}"));
     out.login_tz_offset_min = d.tz_offset_min;
     out
@@ -164,7 +196,18 @@ pub fn event(imei: u64, e: &EventRecord) -> Event {
         received: rfc3339(e.received_ms),
         lat: e.lat_raw.map(degrees),
         lon: e.lon_raw.map(degrees),
+        text: e.text.clone(),
     }
+}
+
+/// Volts from millivolts.
+fn millis(v: u32) -> f64 {
+    v as f64 / 1000.0
+}
+
+/// Degrees from tenths of a degree.
+fn tenths(v: i32) -> f64 {
+    v as f64 / 10.0
 }
 
 /// `2026-02-11T08:30:00.000Z`.
