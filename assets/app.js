@@ -202,6 +202,8 @@
     var special = {
       acc: 'ACC', gsm_signal: 'GSM signal', lbs: 'Cell (LBS)', odometer_m: 'Odometer',
       battery_percent: 'Battery', type_id: 'Type ID', login_tz_offset_min: 'Login time zone',
+      power_v: 'External power', battery_v: 'Battery voltage', temperature_c: 'Temperature',
+      driver_id: 'Driver ID',
       invalid_reason: 'Why invalid', reupload: 'Re-uploaded',
       mcc: 'MCC', mnc: 'MNC', lac: 'LAC', imsi: 'IMSI', iccid: 'ICCID'
     };
@@ -216,7 +218,12 @@
       if (key === 'acc') return value ? 'on' : 'off';
       return value ? 'yes' : 'no';
     }
-    if (key === 'battery_percent' && typeof value === 'number') return value + ' %';
+    if (typeof value === 'number') {
+      // Units from the field name's suffix (power_v, temperature_c, battery_percent, …).
+      var unit = /_v$/.test(key) ? ' V' : /_c$/.test(key) ? ' °C' : /_percent$/.test(key) ? ' %'
+        : /_kmh$/.test(key) ? ' km/h' : '';
+      if (unit) return value.toLocaleString([], { maximumFractionDigits: 2 }) + unit;
+    }
     if (key === 'login_tz_offset_min' && typeof value === 'number') {
       var a = Math.abs(value);
       return 'UTC' + (value < 0 ? '−' : '+') + pad2(Math.floor(a / 60)) + ':' + pad2(a % 60);

@@ -21,6 +21,41 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a fleet of simulated GT06 trackers against a server (for demos and load).
     Simulate(SimulateArgs),
+    /// Check a store's integrity (stop the service first); exit 1 if anything is damaged.
+    Verify(VerifyArgs),
+    /// Benchmark the store: write a synthetic fleet into an empty DIR, measure, print JSON.
+    BenchStore(BenchStoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Directory holding the store.
+    #[arg(long, value_name = "DIR", default_value = "./gt06-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchStoreArgs {
+    /// Empty (or absent) directory to build the benchmark store in.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: u32,
+    /// Positions per device (devices interleaved, as a live server sees them).
+    #[arg(long, default_value_t = 10_000)]
+    pub per_device: u32,
+    /// Seconds between two fixes of a device.
+    #[arg(long, default_value_t = 10)]
+    pub step_secs: u32,
+    /// Most requests per group commit.
+    #[arg(long, default_value_t = 4096)]
+    pub max_batch: usize,
+    /// Unsealed positions that trigger a checkpoint.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub checkpoint_positions: usize,
+    /// A request waits for durability every this many (as a heartbeat would).
+    #[arg(long, default_value_t = 1000)]
+    pub ack_every: u64,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -145,8 +145,8 @@ impl Default for StoreConfig {
         StoreConfig {
             max_batch: 4096,
             cache_mb: 64,
-            checkpoint_positions: 262_144,
-            checkpoint_interval_secs: 300,
+            checkpoint_positions: 2_000_000,
+            checkpoint_interval_secs: 900,
             retention_days: 0,
         }
     }

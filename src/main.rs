@@ -23,6 +23,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve_main(args),
         Command::Simulate(args) => gt06::simulate::main(args),
+        Command::BenchStore(args) => gt06::ops::bench_store::main(args),
+        Command::Verify(args) => match gt06::ops::verify::main(&args.data_dir) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

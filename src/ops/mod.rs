@@ -1,6 +1,11 @@
-//! Operator-facing helpers that read the machine: who holds a port.
+//! Operator-facing commands and helpers: who holds a port, store verification, the
+//! store benchmark.
 //!
-//! This room reports on the system; it never changes it and never touches the store.
+//! This room reports; it never changes the store's contents (verify and bench-store open
+//! it like the server does, the benchmark only in its own empty directory).
+
+pub mod bench_store;
+pub mod verify;
 
 use std::net::SocketAddr;
 

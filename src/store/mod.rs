@@ -17,6 +17,7 @@ pub mod block;
 pub mod codec;
 pub mod journal;
 pub mod keys;
+pub mod tail;
 pub mod writer;
 
 pub use codec::{
@@ -98,8 +99,11 @@ impl From<block::BlockError> for StoreError {
 #[derive(Default)]
 pub(crate) struct Live {
     /// Unsealed positions per device, sorted by fix time, one per fix time.
-    pub tails: HashMap<u64, Vec<PositionRecord>>,
+    pub tails: HashMap<u64, tail::Tail>,
+    /// Positions in `tails`.
     pub unsealed: usize,
+    /// Tails a checkpoint is sealing right now (still visible to readers).
+    pub sealing: HashMap<u64, tail::Tail>,
     pub devices: HashMap<u64, DeviceRecord>,
     /// Sealed blocks per device, sorted by first fix time (mirrors `block_index`).
     pub index: HashMap<u64, Vec<BlockMeta>>,
@@ -111,17 +115,11 @@ impl Live {
     /// Adds a position to its device's tail; the first position stored for a fix time wins.
     /// Returns false when that fix time was already there (a re-sent position).
     pub fn insert(&mut self, imei: u64, pos: PositionRecord) -> bool {
-        let tail = self.tails.entry(imei).or_default();
-        match tail.last() {
-            Some(last) if last.time_ms < pos.time_ms => tail.push(pos),
-            None => tail.push(pos),
-            Some(_) => match tail.binary_search_by_key(&pos.time_ms, |p| p.time_ms) {
-                Ok(_) => return false,
-                Err(i) => tail.insert(i, pos),
-            },
+        let added = self.tails.entry(imei).or_default().insert(pos);
+        if added {
+            self.unsealed += 1;
         }
-        self.unsealed += 1;
-        true
+        added
     }
 }
 
@@ -396,18 +394,12 @@ impl Store {
                         .collect()
                 })
                 .unwrap_or_default();
-            let tail = live
-                .tails
-                .get(&imei)
-                .map(|t| {
-                    let start = t.partition_point(|p| p.time_ms < from_ms);
-                    t[start..]
-                        .iter()
-                        .take_while(|p| p.time_ms < to_ms)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let part = |m: &HashMap<u64, tail::Tail>| {
+                m.get(&imei)
+                    .map(|t| t.range(from_ms, to_ms))
+                    .unwrap_or_default()
+            };
+            let tail = merge_unique(part(&live.sealing), part(&live.tails));
             (metas, tail)
         };
         // Blocks of a device never overlap, so their positions come out in order; stop
@@ -483,11 +475,18 @@ impl Store {
     pub fn count_positions(&self) -> u64 {
         let live = self.live();
         let sealed: u64 = live.index.values().flatten().map(|m| m.count as u64).sum();
-        sealed + live.unsealed as u64
+        let sealing: u64 = live.sealing.values().map(|t| t.len() as u64).sum();
+        sealed + sealing + live.unsealed as u64
     }
 
-    /// Positions not yet sealed into blocks.
+    /// Positions not yet sealed into blocks (including a checkpoint's set under way).
     pub fn unsealed(&self) -> usize {
+        let live = self.live();
+        live.unsealed + live.sealing.values().map(|t| t.len()).sum::<usize>()
+    }
+
+    /// Positions in the fresh tails only (what counts toward the next checkpoint).
+    pub(crate) fn fresh_unsealed(&self) -> usize {
         self.live().unsealed
     }
 
@@ -659,4 +658,106 @@ pub(crate) fn merge_unique(a: Vec<PositionRecord>, b: Vec<PositionRecord>) -> Ve
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gt06-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// A store exactly as the foundation wrote it: format 1, one key per position.
+    fn write_foundation_store(dir: &Path, imei: u64, times: &[i64]) {
+        let db = sled::open(dir.join("db")).unwrap();
+        db.open_tree("meta").unwrap().insert("format", &1u64.to_be_bytes()).unwrap();
+        let positions = db.open_tree("positions").unwrap();
+        for t in times {
+            let v1 = codec::PositionRecordV1 {
+                time_ms: *t,
+                received_ms: *t + 700,
+                lat_raw: 98_901_624,
+                lon_raw: 43_231_720,
+                speed_kmh: 40,
+                course: 90,
+                satellites: 7,
+                valid: true,
+                invalid_reason: None,
+                acc: Some(true),
+                odometer_m: None,
+                lbs: None,
+                alarm: None,
+                reupload: None,
+            };
+            let mut value = vec![1u8];
+            value.extend(bincode::serde::encode_to_vec(&v1, bincode::config::standard()).unwrap());
+            positions.insert(keys::position(imei, *t), value).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn foundation_store_is_migrated_to_blocks_on_open() {
+        let dir = tempdir("migrate");
+        let times: Vec<i64> = (0..5000).map(|i| 1_700_000_000_000 + i * 1000).collect();
+        write_foundation_store(&dir, 864_717_003_283_581, &times);
+        let opened = Store::open(&dir, OpenOptions::default()).unwrap();
+        assert_eq!(opened.migrated, 5000);
+        let store = opened.store.clone();
+        drop(opened);
+        let (got, next) = store.positions(864_717_003_283_581, 0, i64::MAX, 100_000).unwrap();
+        assert_eq!(got.iter().map(|p| p.time_ms).collect::<Vec<_>>(), times);
+        assert_eq!((got[0].speed_kmh, got[0].acc), (40, Some(true)));
+        assert_eq!(next, None);
+        let report = store.verify().unwrap();
+        assert!(report.bad.is_empty());
+        assert_eq!(report.positions, 5000);
+        drop(store);
+        // Opened again: format 2 now, nothing migrated twice.
+        let opened = Store::open(&dir, OpenOptions::default()).unwrap();
+        assert_eq!(opened.migrated, 0);
+        assert_eq!(opened.store.count_positions(), 5000);
+        drop(opened);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_block_is_reported_by_device_and_time_and_the_rest_reads() {
+        let dir = tempdir("flip");
+        let a = 111_111_111_111_111u64;
+        let b = 222_222_222_222_222u64;
+        let times: Vec<i64> = (0..3000).map(|i| 1_700_000_000_000 + i * 1000).collect();
+        write_foundation_store(&dir, a, &times);
+        {
+            let db = sled::open(dir.join("db")).unwrap();
+            let positions = db.open_tree("positions").unwrap();
+            for (k, v) in positions.iter().map(|r| r.unwrap()).collect::<Vec<_>>() {
+                let mut k2 = k.to_vec();
+                k2[..8].copy_from_slice(&b.to_be_bytes());
+                positions.insert(k2, v).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(&dir, OpenOptions::default()).unwrap().store;
+        // Damage the first block of device `a`: one bit in the middle of its value.
+        let first = store.live().index[&a][0];
+        let key = keys::position(a, first.first_ms);
+        let mut v = store.inner.blocks.get(key).unwrap().unwrap().to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x10;
+        store.inner.blocks.insert(key, v).unwrap();
+        let report = store.verify().unwrap();
+        assert_eq!(report.bad.len(), 1, "{:?}", report.bad);
+        assert_eq!((report.bad[0].imei, report.bad[0].first_ms), (a, first.first_ms));
+        // Device b, and device a's other blocks, still read.
+        assert_eq!(store.positions(b, 0, i64::MAX, 100_000).unwrap().0.len(), 3000);
+        let later = first.last_ms + 1;
+        assert_eq!(store.positions(a, later, i64::MAX, 100_000).unwrap().0.len(), 3000 - first.count as usize);
+        assert!(store.positions(a, 0, i64::MAX, 10).is_err());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -20,15 +20,17 @@ use super::{block, keys, merge_unique, EventRecord, Live, Opened, Store, StoreEr
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Largest block, in positions (~24 KiB encoded at 6 B/position).
 pub const BLOCK_MAX: usize = 4096;
-/// A block smaller than this is extended by the next seal of its device instead of being
-/// followed by another small block, so quiet devices don't scatter tiny blocks.
+/// Blocks smaller than this count as small: a device's trailing run of small blocks is
+/// merged once it is [`MERGE_FANIN`] long, so quiet devices don't scatter tiny blocks.
 pub const SMALL_BLOCK: u32 = 512;
+pub const MERGE_FANIN: usize = 8;
 
 /// One request; `ack` lets the sender learn when it is durable.
 #[derive(Debug)]
@@ -83,11 +85,24 @@ impl Durability {
     }
 }
 
+/// Counters of the writer's work, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub ops: AtomicU64,
+    /// Longest time between the start of two consecutive commits while requests waited.
+    pub max_commit_gap_us: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoint_us_total: AtomicU64,
+    pub checkpoint_us_max: AtomicU64,
+}
+
 /// The sending side, cloned into every session. Bounded: when the disk is slower than
 /// the fleet, `send` waits and sessions stop reading, so TCP pushes back on devices.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteReq>,
+    pub stats: Arc<WriterStats>,
 }
 
 impl WriterHandle {
@@ -119,8 +134,8 @@ impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             max_batch: 4096,
-            checkpoint_positions: 262_144,
-            checkpoint_interval: Duration::from_secs(300),
+            checkpoint_positions: 2_000_000,
+            checkpoint_interval: Duration::from_secs(900),
             checkpoint_journal_bytes: 256 * 1024 * 1024,
             retention: None,
         }
@@ -135,21 +150,41 @@ pub fn spawn(
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let max_batch = opts.max_batch.max(1);
     let (tx, rx) = mpsc::channel(max_batch * 2);
+    let stats = Arc::new(WriterStats::default());
     let mut w = Writer {
+        stats: stats.clone(),
         store: opened.store,
         journal: opened.journal,
         rx,
         opts: WriterOptions { max_batch, ..opts },
         last_checkpoint: Instant::now(),
         last_retention: None,
+        checkpoint: None,
     };
     let join = std::thread::Builder::new()
         .name("gt06-writer".into())
         .spawn(move || w.run())?;
-    Ok((WriterHandle { tx }, join))
+    Ok((WriterHandle { tx, stats }, join))
 }
 
+/// A checkpoint under way.
+struct Checkpoint {
+    old_segments: Vec<std::path::PathBuf>,
+    started: Instant,
+    positions: usize,
+    blocks: usize,
+    failed: bool,
+}
+
+/// Devices sealed per sled transaction while a checkpoint runs.
+const SEAL_STEP_DEVICES: usize = 256;
+/// Longest sealing stretch between two group commits: answers wait at most about this
+/// much longer than a commit while a checkpoint runs.
+const SEAL_STEP_BUDGET: Duration = Duration::from_millis(20);
+
 struct Writer {
+    stats: Arc<WriterStats>,
+    checkpoint: Option<Checkpoint>,
     store: Store,
     journal: Journal,
     rx: mpsc::Receiver<WriteReq>,
@@ -161,11 +196,19 @@ struct Writer {
 impl Writer {
     fn run(&mut self) {
         let mut batch = Vec::with_capacity(self.opts.max_batch);
+        let mut last_commit: Option<Instant> = None;
         loop {
             // Group commit: wait for one request (or the checkpoint timer), take whatever
             // else is already queued, commit them with one fsync. Under load requests
-            // pile up during the fsync and the next batch grows by itself.
-            let first = if self.store.unsealed() > 0 {
+            // pile up during the fsync and the next batch grows by itself. While a
+            // checkpoint is sealing, don't wait: seal a step whenever no request is queued.
+            let first = if self.sealing_pending() {
+                match self.rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else if self.store.fresh_unsealed() > 0 {
                 let wait = self
                     .opts
                     .checkpoint_interval
@@ -189,18 +232,45 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+                let now = Instant::now();
+                if let Some(prev) = last_commit {
+                    // Only gaps while work was queued say anything about commit latency.
+                    if batch.len() > 1 {
+                        let gap = now.duration_since(prev).as_micros() as u64;
+                        self.stats
+                            .max_commit_gap_us
+                            .fetch_max(gap, Ordering::Relaxed);
+                    }
+                }
+                last_commit = Some(now);
                 let result = self.commit(&batch);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .ops
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 notify(&batch, result.as_ref().err());
                 if let Err(e) = result {
                     tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
                 }
                 batch.clear();
             }
-            if self.checkpoint_due() {
-                self.checkpoint_logged();
+            if self.sealing_pending() {
+                self.seal_step_logged(SEAL_STEP_BUDGET);
+            } else if self.checkpoint_due() {
+                self.start_checkpoint_logged();
             }
         }
-        self.checkpoint_logged();
+        // Shutdown: finish any checkpoint under way, then seal what is left, so the next
+        // open has nothing to replay.
+        while self.sealing_pending() {
+            self.seal_step_logged(Duration::from_secs(3600));
+        }
+        if self.store.fresh_unsealed() > 0 {
+            self.start_checkpoint_logged();
+            while self.sealing_pending() {
+                self.seal_step_logged(Duration::from_secs(3600));
+            }
+        }
         tracing::info!("store writer stopped");
     }
 
@@ -215,73 +285,144 @@ impl Writer {
     }
 
     fn checkpoint_due(&self) -> bool {
-        let unsealed = self.store.unsealed();
+        let unsealed = self.store.fresh_unsealed();
         unsealed >= self.opts.checkpoint_positions
             || self.journal.len() >= self.opts.checkpoint_journal_bytes
             || (unsealed > 0 && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
     }
 
-    fn checkpoint_logged(&mut self) {
-        let started = Instant::now();
-        let unsealed = self.store.unsealed();
-        match self.checkpoint() {
-            Ok(blocks) => tracing::debug!(
-                positions = unsealed,
-                blocks,
-                ms = started.elapsed().as_millis() as u64,
-                "checkpoint"
-            ),
-            Err(e) => {
-                tracing::error!(reason = e.reason(), error = %e, "checkpoint failed; the journal keeps the data")
+    fn sealing_pending(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+
+    /// Starts a checkpoint: the tails become the sealing set (readers still see them),
+    /// new positions go to fresh tails, and new batches to a new journal segment. The
+    /// older segments are deleted once the whole set is sealed and sled is durable.
+    fn start_checkpoint_logged(&mut self) {
+        match self.journal.rotate() {
+            Ok(old) => {
+                let mut live = self.store.live_mut();
+                live.sealing = std::mem::take(&mut live.tails);
+                live.unsealed = 0;
+                let positions = live.sealing.values().map(|t| t.len()).sum::<usize>();
+                drop(live);
+                self.checkpoint = Some(Checkpoint {
+                    old_segments: old,
+                    started: Instant::now(),
+                    positions,
+                    blocks: 0,
+                    failed: false,
+                });
             }
+            Err(e) => tracing::error!(reason = e.reason(), error = %e, "cannot start a checkpoint"),
         }
         self.last_checkpoint = Instant::now();
     }
 
-    /// Seals every tail into blocks, persists device records, makes sled durable, then
-    /// retires the journal. Returns the number of blocks written.
-    fn checkpoint(&mut self) -> Result<usize, StoreError> {
-        let (blocks, index, devices) = self.store.trees();
-        let mut live = self.store.live_mut();
-        let tails = std::mem::take(&mut live.tails);
-        let mut all = Vec::with_capacity(tails.len());
-        for (imei, tail) in tails {
-            match seal_ops(&live, imei, tail, |i, f| {
-                self.store.read_block_for_seal(i, f)
-            }) {
-                Ok(ops) => all.push(ops),
-                Err(e) => {
-                    // Keep what could not be sealed in memory (and in the journal).
-                    tracing::error!(imei, error = %e, "cannot seal a device's positions");
+    fn seal_step_logged(&mut self, budget: Duration) {
+        let started = Instant::now();
+        let done = match self.seal_step(budget) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(reason = e.reason(), error = %e, "sealing failed; the journal keeps the data");
+                if let Some(c) = self.checkpoint.as_mut() {
+                    c.failed = true;
+                }
+                true
+            }
+        };
+        let us = started.elapsed().as_micros() as u64;
+        self.stats.checkpoint_us_max.fetch_max(us, Ordering::Relaxed);
+        self.stats.checkpoint_us_total.fetch_add(us, Ordering::Relaxed);
+        if done {
+            if let Err(e) = self.finish_checkpoint() {
+                tracing::error!(reason = e.reason(), error = %e, "checkpoint not completed; the journal keeps the data");
+            }
+        }
+    }
+
+    /// Seals devices from the sealing set for up to `budget`; true when the set is empty.
+    fn seal_step(&mut self, budget: Duration) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let (blocks, index, _) = self.store.trees();
+        loop {
+            let mut live = self.store.live_mut();
+            let imeis: Vec<u64> = live.sealing.keys().take(SEAL_STEP_DEVICES).copied().collect();
+            if imeis.is_empty() {
+                return Ok(true);
+            }
+            let mut all = Vec::with_capacity(imeis.len());
+            for imei in &imeis {
+                let Some(mut tail) = live.sealing.remove(imei) else {
+                    continue;
+                };
+                let positions = tail.take_all();
+                match seal_ops(&live, *imei, positions, |i, f| self.store.read_block_for_seal(i, f)) {
+                    Ok(ops) => all.push(ops),
+                    Err(e) => {
+                        // Stays in the journal; the next checkpoint tries again.
+                        tracing::error!(imei, error = %e, "cannot seal a device's positions");
+                        if let Some(c) = self.checkpoint.as_mut() {
+                            c.failed = true;
+                        }
+                    }
                 }
             }
+            if let Err(e) = apply_seal_ops(blocks, index, &mut live, &all) {
+                // Nothing was written: put the positions back where readers find them.
+                for ops in &all {
+                    for (_, bytes) in &ops.write {
+                        for p in block::decode_block(bytes).unwrap_or_default() {
+                            live.insert(ops.imei, p);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+            if let Some(c) = self.checkpoint.as_mut() {
+                c.blocks += all.iter().map(|o| o.write.len()).sum::<usize>();
+            }
+            drop(live);
+            if started.elapsed() >= budget {
+                return Ok(false);
+            }
         }
-        if let Err(e) = apply_seal_ops(blocks, index, &mut live, &all) {
-            // Put the tails back: nothing was written, the journal still holds them.
-            for ops in all {
-                for p in ops.source {
-                    live.insert(ops.imei, p);
+    }
+
+    /// Persists device records, applies retention, makes sled durable, then deletes the
+    /// journal segments that the sealed set came from.
+    fn finish_checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(c) = self.checkpoint.take() else {
+            return Ok(());
+        };
+        let (_, _, devices) = self.store.trees();
+        {
+            let mut live = self.store.live_mut();
+            let mut dev_batch = sled::Batch::default();
+            for imei in std::mem::take(&mut live.dirty) {
+                if let Some(d) = live.devices.get(&imei) {
+                    dev_batch.insert(&keys::device(imei), codec::encode(d));
                 }
             }
-            return Err(e);
+            devices.apply_batch(dev_batch)?;
         }
-        let written: usize = all.iter().map(|o| o.write.len()).sum();
-        live.unsealed = live.tails.values().map(Vec::len).sum();
-        let mut dev_batch = sled::Batch::default();
-        for imei in std::mem::take(&mut live.dirty) {
-            if let Some(d) = live.devices.get(&imei) {
-                dev_batch.insert(&keys::device(imei), codec::encode(d));
-            }
-        }
-        devices.apply_batch(dev_batch)?;
-        drop(live);
         if self.retention_due() {
             self.retention()?;
         }
         self.store.sync()?;
-        let old = self.journal.rotate()?;
-        self.journal.remove(&old)?;
-        Ok(written)
+        if c.failed {
+            // Something stayed unsealed: keep its journal segments for the next open.
+            return Err(StoreError::Io("some positions could not be sealed".into()));
+        }
+        self.journal.remove(&c.old_segments)?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            positions = c.positions,
+            blocks = c.blocks,
+            ms = c.started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(())
     }
 
     fn retention_due(&self) -> bool {
@@ -312,7 +453,6 @@ impl Writer {
                     imei: *imei,
                     remove,
                     write: Vec::new(),
-                    source: Vec::new(),
                 });
             }
         }
@@ -371,13 +511,12 @@ pub(crate) struct SealOps {
     /// First fix times (keys) of blocks to delete.
     pub remove: Vec<i64>,
     pub write: Vec<(BlockMeta, Vec<u8>)>,
-    /// The tail that was sealed, kept to restore it if the write fails.
-    pub source: Vec<PositionRecord>,
 }
 
 /// Plans the sealing of `tail` (sorted, one per fix time) for `imei`: a tail that overlaps
-/// sealed blocks is merged with them (the sealed position wins a tie); one that follows a
-/// small block extends it; the result is cut into blocks of at most [`BLOCK_MAX`].
+/// sealed blocks is merged with them (the sealed position wins a tie); one that completes
+/// a run of small blocks is merged with the run; the result is cut into blocks of at most
+/// [`BLOCK_MAX`].
 pub(crate) fn seal_ops(
     live: &Live,
     imei: u64,
@@ -392,7 +531,6 @@ pub(crate) fn seal_ops(
             imei,
             remove: Vec::new(),
             write: Vec::new(),
-            source: tail,
         });
     };
     let metas: &[BlockMeta] = live.index.get(&imei).map(Vec::as_slice).unwrap_or(&[]);
@@ -407,18 +545,27 @@ pub(crate) fn seal_ops(
             sealed.extend(read(imei, m.first_ms)?);
             remove.push(m.first_ms);
         }
-        merge_unique(sealed, tail.clone())
-    } else {
-        let prev = metas.iter().rev().find(|m| m.last_ms < first);
-        match prev {
-            Some(p) if p.count < SMALL_BLOCK && p.count as usize + tail.len() <= BLOCK_MAX => {
-                let mut v = read(imei, p.first_ms)?;
-                remove.push(p.first_ms);
-                v.extend(tail.iter().cloned());
-                v
+        merge_unique(sealed, tail)
+    } else if metas.last().is_some_and(|m| m.last_ms < first) {
+        // Appending after the newest block: when this seal would make the device's
+        // trailing run of small blocks MERGE_FANIN long, merge the run with it. Each
+        // position is rewritten only a few times, and quiet devices don't keep many
+        // tiny blocks.
+        let run: Vec<&BlockMeta> = metas.iter().rev().take_while(|m| m.count < SMALL_BLOCK).collect();
+        let run_total: usize = run.iter().map(|m| m.count as usize).sum();
+        if run.len() + 1 >= MERGE_FANIN && run_total + tail.len() <= BLOCK_MAX {
+            let mut v = Vec::with_capacity(run_total + tail.len());
+            for m in run.iter().rev() {
+                v.extend(read(imei, m.first_ms)?);
+                remove.push(m.first_ms);
             }
-            _ => tail.clone(),
+            v.extend(tail);
+            v
+        } else {
+            tail
         }
+    } else {
+        tail
     };
     let write = merged
         .chunks(BLOCK_MAX)
@@ -436,7 +583,6 @@ pub(crate) fn seal_ops(
         imei,
         remove,
         write,
-        source: tail,
     })
 }
 
@@ -671,12 +817,13 @@ mod tests {
     }
 
     #[test]
-    fn quiet_device_extends_its_small_block_instead_of_adding_new_ones() {
+    fn quiet_device_merges_its_small_blocks() {
         let dir = tempdir("small");
         let opened = Store::open(&dir, Default::default()).unwrap();
         let store = opened.store.clone();
         let (handle, join) = spawn(opened, opts(3)).unwrap();
-        for round in 0..5 {
+        // Ten seals of three positions: the eighth merges the first eight blocks.
+        for round in 0..10 {
             let ops = (0..3)
                 .map(|i| Op::Position {
                     imei: 9,
@@ -684,11 +831,18 @@ mod tests {
                 })
                 .collect();
             write_all(&handle, ops);
+            // One seal per round, so the merge policy (not timing) decides the blocks.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while store.unsealed() > 0 {
+                assert!(Instant::now() < deadline, "round {round} never sealed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         drop(handle);
         join.join().unwrap();
         let report = store.verify().unwrap();
-        assert_eq!((report.blocks, report.positions), (1, 15));
+        assert_eq!((report.blocks, report.positions), (3, 30));
+        assert_eq!(times(&store, 9).len(), 30);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

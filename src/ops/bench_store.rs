@@ -1,0 +1,285 @@
+//! `gt06 bench-store`: writes a synthetic fleet through the store API (no TCP), then
+//! measures disk per position, memory, reopen time and the API's read paths. Prints one
+//! JSON object; BENCHMARKS.md quotes it.
+//!
+//! Positions are generated as a live server sees them: devices interleaved, each device
+//! reporting every `step` seconds along a drifting route.
+
+use crate::cli::BenchStoreArgs;
+use crate::http::json;
+use crate::store::writer::{self, WriterOptions};
+use crate::store::{Durability, LbsRecord, Op, PositionRecord, Store, WriteReq};
+use anyhow::Context;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fix time of the first position: 2026-01-01T00:00:00Z.
+const START_MS: i64 = 1_767_225_600_000;
+/// IMEI of the first device.
+const IMEI_BASE: u64 = 860_000_000_000_000;
+
+pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    anyhow::ensure!(
+        !dir.exists() || std::fs::read_dir(dir)?.next().is_none(),
+        "--dir {} must be empty or absent",
+        dir.display()
+    );
+    std::fs::create_dir_all(dir)?;
+    let rss = RssSampler::start();
+
+    // Write.
+    let opened = Store::open(dir, Default::default())?;
+    let store = opened.store.clone();
+    let opts = WriterOptions {
+        max_batch: args.max_batch,
+        checkpoint_positions: args.checkpoint_positions,
+        ..WriterOptions::default()
+    };
+    let (handle, join) = writer::spawn(opened, opts).context("start writer")?;
+    let total = args.devices as u64 * args.per_device as u64;
+    let day_device = IMEI_BASE + args.devices as u64;
+    let started = Instant::now();
+    let mut routes: Vec<Route> = (0..args.devices).map(Route::new).collect();
+    // Acks: one simulated connection per 64 devices, acked every `ack_every` requests, as
+    // a heartbeat would; keeps the writer's group commit honest (someone waits on it).
+    let conns: Vec<Arc<Durability>> = (0..args.devices.div_ceil(64).max(1))
+        .map(|_| Arc::default())
+        .collect();
+    let mut seqs = vec![0u64; conns.len()];
+    let mut sent = 0u64;
+    for k in 0..args.per_device {
+        for (d, route) in routes.iter_mut().enumerate() {
+            let pos = route.next(START_MS + k as i64 * args.step_secs as i64 * 1000);
+            let c = d / 64;
+            seqs[c] += 1;
+            sent += 1;
+            let ack = (sent % args.ack_every == 0).then(|| (conns[c].clone(), seqs[c]));
+            handle.blocking_send(WriteReq {
+                op: Op::Position {
+                    imei: IMEI_BASE + d as u64,
+                    pos,
+                },
+                ack,
+            })?;
+        }
+    }
+    let write_elapsed = started.elapsed();
+    // One device's day at 1 Hz, for the read benchmark.
+    let mut day_route = Route::new(args.devices);
+    for s in 0..86_400i64 {
+        let pos = day_route.next(START_MS + s * 1000);
+        handle.blocking_send(WriteReq {
+            op: Op::Position {
+                imei: day_device,
+                pos,
+            },
+            ack: None,
+        })?;
+    }
+    let stats = handle.stats.clone();
+    drop(handle);
+    join.join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    let close_elapsed = started.elapsed();
+    let rss_write_peak = rss.take_peak();
+    let positions_written = store.count_positions();
+    drop(store);
+
+    let bytes = dir_bytes(dir)?;
+    // Reopen.
+    let t = Instant::now();
+    let opened = Store::open(dir, Default::default())?;
+    let reopen = t.elapsed();
+    let store = opened.store.clone();
+    drop(opened);
+    anyhow::ensure!(
+        store.count_positions() == positions_written,
+        "position count changed across reopen"
+    );
+
+    // Reads: a day of one device as the API's JSON, and the latest position of every device.
+    let t = Instant::now();
+    let (day, _) = store.positions(day_device, START_MS, START_MS + 86_400_000, 100_000)?;
+    let body = serde_json::to_vec(&json::Positions {
+        imei: format!("{day_device:015}"),
+        positions: day.iter().map(json::Position::from).collect(),
+        next: None,
+    })?;
+    let day_ms = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        day.len() == 86_400,
+        "day read returned {} positions",
+        day.len()
+    );
+    let t = Instant::now();
+    let devices: Vec<json::Device> = store
+        .devices()
+        .iter()
+        .map(|(i, d)| json::device(*i, d, false))
+        .collect();
+    let latest_body = serde_json::to_vec(&devices)?;
+    let latest_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // A full scan, to hold the whole store's blocks in hand once.
+    let t = Instant::now();
+    let report = store.verify()?;
+    let scan_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.bad.is_empty(),
+        "verify found damaged blocks: {:?}",
+        report.bad.first()
+    );
+    let rss_read_peak = rss.take_peak();
+    rss.stop();
+
+    let commits = stats.commits.load(Ordering::Relaxed).max(1);
+    let out = serde_json::json!({
+        "devices": args.devices,
+        "per_device": args.per_device,
+        "positions": positions_written,
+        "write_s": round(write_elapsed.as_secs_f64()),
+        "positions_per_s": (total as f64 / write_elapsed.as_secs_f64()).round(),
+        "write_and_close_s": round(close_elapsed.as_secs_f64()),
+        "commits": commits,
+        "avg_batch": stats.ops.load(Ordering::Relaxed) / commits,
+        "max_commit_gap_ms": round(stats.max_commit_gap_us.load(Ordering::Relaxed) as f64 / 1000.0),
+        "checkpoints": stats.checkpoints.load(Ordering::Relaxed),
+        "checkpoint_ms_max": round(stats.checkpoint_us_max.load(Ordering::Relaxed) as f64 / 1000.0),
+        "dir_bytes": bytes,
+        "bytes_per_position": round(bytes as f64 / positions_written.max(1) as f64),
+        "rss_write_peak_mib": rss_write_peak / (1024 * 1024),
+        "reopen_s": round(reopen.as_secs_f64()),
+        "day_read_json_ms": round(day_ms),
+        "day_json_bytes": body.len(),
+        "latest_all_devices_ms": round(latest_ms),
+        "latest_json_bytes": latest_body.len(),
+        "full_verify_scan_s": round(scan_s),
+        "blocks": report.blocks,
+        "rss_read_peak_mib": rss_read_peak / (1024 * 1024),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Apparent size of every file under `dir`.
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// A vehicle: ~50 km/h along a drifting heading, 9–12 satellites, a new cell now and then.
+struct Route {
+    lat: f64,
+    lon: f64,
+    heading: f64,
+    speed: f64,
+    rng: u64,
+    n: u64,
+}
+
+impl Route {
+    fn new(i: u32) -> Route {
+        let mut r = Route {
+            lat: 0.0,
+            lon: 0.0,
+            heading: 0.0,
+            speed: 50.0,
+            rng: (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            n: 0,
+        };
+        r.lat = 30.0 + r.unit() * 25.0;
+        r.lon = -10.0 + r.unit() * 40.0;
+        r.heading = r.unit() * 360.0;
+        r
+    }
+
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn next(&mut self, time_ms: i64) -> PositionRecord {
+        self.n += 1;
+        self.heading = (self.heading + (self.unit() - 0.5) * 20.0).rem_euclid(360.0);
+        self.speed = (self.speed + (self.unit() - 0.5) * 6.0).clamp(0.0, 120.0);
+        let step_m = self.speed / 3.6 * 10.0;
+        let h = self.heading.to_radians();
+        self.lat += step_m * h.cos() / 111_320.0;
+        self.lon += step_m * h.sin() / (111_320.0 * self.lat.to_radians().cos().max(0.1));
+        PositionRecord {
+            time_ms,
+            received_ms: time_ms + 300 + (self.unit() * 1700.0) as i64,
+            lat_raw: (self.lat * 1_800_000.0) as i32,
+            lon_raw: (self.lon * 1_800_000.0) as i32,
+            speed_kmh: self.speed as u16,
+            course: self.heading as u16,
+            satellites: 9 + (self.unit() * 4.0) as u8,
+            valid: true,
+            acc: Some(true),
+            lbs: Some(LbsRecord {
+                mcc: 262,
+                mnc: 1,
+                lac: 1000 + (self.n / 500) as u32,
+                cell: 20_000 + self.n / 100,
+            }),
+            ..PositionRecord::default()
+        }
+    }
+}
+
+/// Samples this process's RSS every 50 ms and remembers the peak since the last take.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(rss) = rss_bytes() {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssSampler { peak, stop }
+    }
+
+    fn take_peak(&self) -> u64 {
+        let v = self.peak.swap(0, Ordering::Relaxed);
+        v.max(rss_bytes().unwrap_or(0))
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Resident set size from /proc/self/status.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
