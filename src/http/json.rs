@@ -210,19 +210,27 @@ fn tenths(v: i32) -> f64 {
     v as f64 / 10.0
 }
 
-/// `2026-02-11T08:30:00.000Z`.
+/// `2026-02-11T08:30:00.000Z`. Written digit by digit: a day of positions formats two of
+/// these each, and `format!` was a fifth of the time of answering it.
 pub fn rfc3339(ms: i64) -> String {
     let t = DeviceTime::from_unix_ms_utc(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        ms.rem_euclid(1000)
-    )
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, v: u32| {
+        let mut v = v;
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, u32::from(t.year).min(9999));
+    put(5, 2, u32::from(t.month));
+    put(8, 2, u32::from(t.day));
+    put(11, 2, u32::from(t.hour));
+    put(14, 2, u32::from(t.minute));
+    put(17, 2, u32::from(t.second));
+    put(20, 3, ms.rem_euclid(1000) as u32);
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Parses RFC 3339 (`2026-02-11T08:30:00Z`, with optional fraction and `±hh:mm`

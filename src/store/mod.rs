@@ -293,9 +293,11 @@ impl Store {
                 {
                     dev.last_position = Some(pos.clone());
                 }
-                if !self.is_sealed(live, *imei, pos.time_ms) {
-                    live.insert(*imei, pos.clone());
-                }
+                // A position already sealed (re-sent, or replayed after a crash during a
+                // checkpoint) is not looked up here: sealing merges it with its block, the
+                // sealed copy wins, and reads merge by time. Checking every replayed
+                // position against its block would decode a block per position.
+                live.insert(*imei, pos.clone());
             }
             Op::Event { imei, event } => {
                 device_entry(live, *imei, event.received_ms);
@@ -339,26 +341,6 @@ impl Store {
                     dev.iccid.clone_from(iccid);
                 }
             }
-        }
-    }
-
-    /// True when a sealed block of `imei` already holds a position at `time_ms`, so a
-    /// re-sent position is dropped instead of stored twice.
-    fn is_sealed(&self, live: &Live, imei: u64, time_ms: i64) -> bool {
-        let Some(metas) = live.index.get(&imei) else {
-            return false;
-        };
-        let i = metas.partition_point(|m| m.first_ms <= time_ms);
-        let Some(m) = i.checked_sub(1).and_then(|i| metas.get(i)) else {
-            return false;
-        };
-        if time_ms > m.last_ms {
-            return false;
-        }
-        match self.read_block(imei, m.first_ms) {
-            Ok(list) => list.binary_search_by_key(&time_ms, |p| p.time_ms).is_ok(),
-            // An unreadable block cannot prove the position is there: keep the new one.
-            Err(_) => false,
         }
     }
 
@@ -471,7 +453,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Positions stored (sealed and unsealed).
+    /// Positions stored (sealed and unsealed). A re-sent position is counted twice until
+    /// the checkpoint that merges it away.
     pub fn count_positions(&self) -> u64 {
         let live = self.live();
         let sealed: u64 = live.index.values().flatten().map(|m| m.count as u64).sum();
@@ -673,7 +656,10 @@ mod tests {
     /// A store exactly as the foundation wrote it: format 1, one key per position.
     fn write_foundation_store(dir: &Path, imei: u64, times: &[i64]) {
         let db = sled::open(dir.join("db")).unwrap();
-        db.open_tree("meta").unwrap().insert("format", &1u64.to_be_bytes()).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", &1u64.to_be_bytes())
+            .unwrap();
         let positions = db.open_tree("positions").unwrap();
         for t in times {
             let v1 = codec::PositionRecordV1 {
@@ -708,7 +694,9 @@ mod tests {
         assert_eq!(opened.migrated, 5000);
         let store = opened.store.clone();
         drop(opened);
-        let (got, next) = store.positions(864_717_003_283_581, 0, i64::MAX, 100_000).unwrap();
+        let (got, next) = store
+            .positions(864_717_003_283_581, 0, i64::MAX, 100_000)
+            .unwrap();
         assert_eq!(got.iter().map(|p| p.time_ms).collect::<Vec<_>>(), times);
         assert_eq!((got[0].speed_kmh, got[0].acc), (40, Some(true)));
         assert_eq!(next, None);
@@ -751,11 +739,24 @@ mod tests {
         store.inner.blocks.insert(key, v).unwrap();
         let report = store.verify().unwrap();
         assert_eq!(report.bad.len(), 1, "{:?}", report.bad);
-        assert_eq!((report.bad[0].imei, report.bad[0].first_ms), (a, first.first_ms));
+        assert_eq!(
+            (report.bad[0].imei, report.bad[0].first_ms),
+            (a, first.first_ms)
+        );
         // Device b, and device a's other blocks, still read.
-        assert_eq!(store.positions(b, 0, i64::MAX, 100_000).unwrap().0.len(), 3000);
+        assert_eq!(
+            store.positions(b, 0, i64::MAX, 100_000).unwrap().0.len(),
+            3000
+        );
         let later = first.last_ms + 1;
-        assert_eq!(store.positions(a, later, i64::MAX, 100_000).unwrap().0.len(), 3000 - first.count as usize);
+        assert_eq!(
+            store
+                .positions(a, later, i64::MAX, 100_000)
+                .unwrap()
+                .0
+                .len(),
+            3000 - first.count as usize
+        );
         assert!(store.positions(a, 0, i64::MAX, 10).is_err());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

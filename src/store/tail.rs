@@ -101,7 +101,10 @@ impl Tail {
 
     fn cell_index(&mut self, lbs: LbsRecord) -> Option<u16> {
         let n = self.cells.len();
-        if let Some(i) = self.cells[n.saturating_sub(LBS_LOOKBACK)..].iter().rposition(|c| *c == lbs) {
+        if let Some(i) = self.cells[n.saturating_sub(LBS_LOOKBACK)..]
+            .iter()
+            .rposition(|c| *c == lbs)
+        {
             return Some((n.saturating_sub(LBS_LOOKBACK) + i) as u16);
         }
         if n >= NO_LBS as usize {
@@ -212,7 +215,12 @@ mod tests {
             invalid_reason: Some("time_in_future".into()),
             acc: Some(false),
             odometer_m: Some(u32::MAX),
-            lbs: Some(LbsRecord { mcc: 0x7fff, mnc: 999, lac: u32::MAX, cell: u64::MAX }),
+            lbs: Some(LbsRecord {
+                mcc: 0x7fff,
+                mnc: 999,
+                lac: u32::MAX,
+                cell: u64::MAX,
+            }),
             alarm: Some("sos".into()),
             reupload: Some(true),
             battery_percent: Some(100),
@@ -226,18 +234,39 @@ mod tests {
 
     #[test]
     fn rows_stay_small() {
-        assert!(std::mem::size_of::<Row>() <= 40, "{}", std::mem::size_of::<Row>());
+        assert!(
+            std::mem::size_of::<Row>() <= 40,
+            "{}",
+            std::mem::size_of::<Row>()
+        );
     }
 
     #[test]
     fn every_field_round_trips_and_order_is_by_time() {
         let mut tail = Tail::default();
-        let plain = |t| PositionRecord { time_ms: t, received_ms: t + 900, valid: true, lbs: Some(LbsRecord { mcc: 1, mnc: 2, lac: 3, cell: 4 }), ..PositionRecord::default() };
-        let far = PositionRecord { received_ms: i64::MAX, ..plain(50) };
+        let plain = |t| PositionRecord {
+            time_ms: t,
+            received_ms: t + 900,
+            valid: true,
+            lbs: Some(LbsRecord {
+                mcc: 1,
+                mnc: 2,
+                lac: 3,
+                cell: 4,
+            }),
+            ..PositionRecord::default()
+        };
+        let far = PositionRecord {
+            received_ms: i64::MAX,
+            ..plain(50)
+        };
         for p in [plain(30), full(10), plain(20), far.clone()] {
             assert!(tail.insert(p));
         }
-        assert!(!tail.insert(plain(20)), "a second position at the same fix time is refused");
+        assert!(
+            !tail.insert(plain(20)),
+            "a second position at the same fix time is refused"
+        );
         let got = tail.range(0, i64::MAX);
         assert_eq!(got, vec![full(10), plain(20), plain(30), far]);
         assert_eq!(tail.range(20, 30), vec![plain(20)]);

@@ -10,9 +10,10 @@
 //!
 //! **Architecture invariant (sealing is crash-safe):** a checkpoint writes blocks and their
 //! index in one sled transaction, flushes and fsyncs sled, and only then deletes the
-//! journal segments it sealed. A crash before the deletion replays those segments; every
-//! replayed position whose fix time is already in a sealed block is dropped
-//! (`Store::apply`), so each ACKed position is readable exactly once.
+//! journal segments it sealed. A crash before the deletion replays those segments into
+//! tails; a replayed position whose fix time is already sealed is merged away when its
+//! tail is sealed (the sealed copy wins) and hidden by reads until then, so each ACKed
+//! position is readable exactly once.
 
 use super::codec::{self, BlockMeta, Op, PositionRecord};
 use super::journal::Journal;
@@ -332,8 +333,12 @@ impl Writer {
             }
         };
         let us = started.elapsed().as_micros() as u64;
-        self.stats.checkpoint_us_max.fetch_max(us, Ordering::Relaxed);
-        self.stats.checkpoint_us_total.fetch_add(us, Ordering::Relaxed);
+        self.stats
+            .checkpoint_us_max
+            .fetch_max(us, Ordering::Relaxed);
+        self.stats
+            .checkpoint_us_total
+            .fetch_add(us, Ordering::Relaxed);
         if done {
             if let Err(e) = self.finish_checkpoint() {
                 tracing::error!(reason = e.reason(), error = %e, "checkpoint not completed; the journal keeps the data");
@@ -347,7 +352,12 @@ impl Writer {
         let (blocks, index, _) = self.store.trees();
         loop {
             let mut live = self.store.live_mut();
-            let imeis: Vec<u64> = live.sealing.keys().take(SEAL_STEP_DEVICES).copied().collect();
+            let imeis: Vec<u64> = live
+                .sealing
+                .keys()
+                .take(SEAL_STEP_DEVICES)
+                .copied()
+                .collect();
             if imeis.is_empty() {
                 return Ok(true);
             }
@@ -357,7 +367,9 @@ impl Writer {
                     continue;
                 };
                 let positions = tail.take_all();
-                match seal_ops(&live, *imei, positions, |i, f| self.store.read_block_for_seal(i, f)) {
+                match seal_ops(&live, *imei, positions, |i, f| {
+                    self.store.read_block_for_seal(i, f)
+                }) {
                     Ok(ops) => all.push(ops),
                     Err(e) => {
                         // Stays in the journal; the next checkpoint tries again.
@@ -551,7 +563,11 @@ pub(crate) fn seal_ops(
         // trailing run of small blocks MERGE_FANIN long, merge the run with it. Each
         // position is rewritten only a few times, and quiet devices don't keep many
         // tiny blocks.
-        let run: Vec<&BlockMeta> = metas.iter().rev().take_while(|m| m.count < SMALL_BLOCK).collect();
+        let run: Vec<&BlockMeta> = metas
+            .iter()
+            .rev()
+            .take_while(|m| m.count < SMALL_BLOCK)
+            .collect();
         let run_total: usize = run.iter().map(|m| m.count as usize).sum();
         if run.len() + 1 >= MERGE_FANIN && run_total + tail.len() <= BLOCK_MAX {
             let mut v = Vec::with_capacity(run_total + tail.len());

@@ -29,7 +29,13 @@ fn fix(t_s: i64, k: u64) -> Gps {
 
 /// One tracker writing until its connection breaks: batches of locations, each batch
 /// closed by a heartbeat; a batch counts as ACKed once the heartbeat's answer arrives.
-fn run_device(addr: SocketAddr, imei: Imei, next_k: &mut u64, acked: &mut Vec<i64>, stop: &AtomicBool) {
+fn run_device(
+    addr: SocketAddr,
+    imei: Imei,
+    next_k: &mut u64,
+    acked: &mut Vec<i64>,
+    stop: &AtomicBool,
+) {
     let Ok(mut sock) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return;
     };
@@ -43,8 +49,20 @@ fn run_device(addr: SocketAddr, imei: Imei, next_k: &mut u64, acked: &mut Vec<i6
     if sock.read_exact(&mut buf).is_err() {
         return;
     }
-    let lbs = Lbs { mcc: 1, mnc: 1, lac: 1, cell: 1 };
-    let hb = Status { info: 0x06, voltage_level: Some(5), gsm_signal: Some(4), alarm_code: Some(0), language: Some(2), ..Status::default() };
+    let lbs = Lbs {
+        mcc: 1,
+        mnc: 1,
+        lac: 1,
+        cell: 1,
+    };
+    let hb = Status {
+        info: 0x06,
+        voltage_level: Some(5),
+        gsm_signal: Some(4),
+        alarm_code: Some(0),
+        language: Some(2),
+        ..Status::default()
+    };
     while !stop.load(Ordering::Relaxed) {
         let mut out = Vec::new();
         let mut batch = Vec::new();
@@ -65,7 +83,11 @@ fn run_device(addr: SocketAddr, imei: Imei, next_k: &mut u64, acked: &mut Vec<i6
         if sock.read_exact(&mut answers).is_err() {
             return;
         }
-        assert_eq!(answers[200..], ack(0x13, serial)[..], "heartbeat answer out of order");
+        assert_eq!(
+            answers[200..],
+            ack(0x13, serial)[..],
+            "heartbeat answer out of order"
+        );
         acked.extend(batch);
     }
 }
@@ -74,7 +96,9 @@ fn stored_times(g: &Gt06, imei: Imei) -> Vec<i64> {
     let mut out = Vec::new();
     let mut from = String::from("1970-01-01T00:00:00Z");
     for _ in 0..100 {
-        let (s, v) = g.get_json(&format!("/api/devices/{imei}/positions?limit=100000&from={from}"));
+        let (s, v) = g.get_json(&format!(
+            "/api/devices/{imei}/positions?limit=100000&from={from}"
+        ));
         if s == 404 {
             return out;
         }
@@ -92,7 +116,11 @@ fn stored_times(g: &Gt06, imei: Imei) -> Vec<i64> {
 
 #[test]
 fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
-    let cycles: usize = if std::env::var_os("GT06_SLOW_TESTS").is_some() { 100 } else { 20 };
+    let cycles: usize = if std::env::var_os("GT06_SLOW_TESTS").is_some() {
+        100
+    } else {
+        20
+    };
     let dir = TempDir::new("kill9loop");
     let data = dir.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -101,7 +129,9 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
     let cfg_arg = cfg.to_str().unwrap().to_string();
     let mut seed = (std::process::id() as u64) << 20 | 0x9e37;
     eprintln!("kill-9 loop: {cycles} cycles, seed {seed:#x}");
-    let imeis: Vec<Imei> = (0..DEVICES).map(|i| Imei::from_u64(861_000_000_000_000 + i).unwrap()).collect();
+    let imeis: Vec<Imei> = (0..DEVICES)
+        .map(|i| Imei::from_u64(861_000_000_000_000 + i).unwrap())
+        .collect();
     let mut next_k: HashMap<u64, u64> = imeis.iter().map(|i| (i.as_u64(), 0)).collect();
     let mut acked: HashMap<u64, BTreeSet<i64>> = HashMap::new();
     for cycle in 0..cycles {
@@ -109,13 +139,22 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
         // Everything answered before the last kill is here, exactly once, in order.
         for imei in &imeis {
             let times = stored_times(&g, *imei);
-            assert!(times.windows(2).all(|w| w[0] < w[1]), "cycle {cycle}: {imei} has duplicates or disorder");
+            assert!(
+                times.windows(2).all(|w| w[0] < w[1]),
+                "cycle {cycle}: {imei} has duplicates or disorder"
+            );
             let have: BTreeSet<i64> = times.into_iter().collect();
             let want = acked.get(&imei.as_u64()).cloned().unwrap_or_default();
             let missing: Vec<_> = want.difference(&have).take(5).collect();
-            assert!(missing.is_empty(), "cycle {cycle}: {imei} lost answered positions {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "cycle {cycle}: {imei} lost answered positions {missing:?}"
+            );
             // Positions sent but unanswered may or may not be there; carry on after them.
-            let resume = have.iter().next_back().map_or(0, |t| (t / 1000 - START_S + 1) as u64);
+            let resume = have
+                .iter()
+                .next_back()
+                .map_or(0, |t| (t / 1000 - START_S + 1) as u64);
             let k = next_k.get_mut(&imei.as_u64()).unwrap();
             *k = (*k).max(resume);
         }
@@ -143,14 +182,23 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
         }
     }
     let total: usize = acked.values().map(BTreeSet::len).sum();
-    assert!(total > 1000, "the fleet hardly wrote ({total} answered positions)");
+    assert!(
+        total > 1000,
+        "the fleet hardly wrote ({total} answered positions)"
+    );
     // A clean stop, then the offline checker agrees.
     let mut g = Gt06::start_in(&data, &["--config", &cfg_arg]);
     assert!(g.terminate().success());
-    let out = std::process::Command::new(bin()).args(["verify", "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["verify", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "verify failed:\n{text}");
-    eprintln!("kill-9 loop: {total} answered positions checked; {}", text.lines().next().unwrap_or(""));
+    eprintln!(
+        "kill-9 loop: {total} answered positions checked; {}",
+        text.lines().next().unwrap_or("")
+    );
 }
 
 #[test]
@@ -161,10 +209,21 @@ fn a_copy_of_the_data_dir_taken_after_a_clean_stop_is_a_complete_backup() {
     let mut g = Gt06::start_in(&data, &[]);
     let imei = Imei::parse("864717003283581").unwrap();
     let mut d = g.logged_in(&imei.to_string(), 1);
-    let lbs = Lbs { mcc: 1, mnc: 1, lac: 1, cell: 1 };
+    let lbs = Lbs {
+        mcc: 1,
+        mnc: 1,
+        lac: 1,
+        cell: 1,
+    };
     for k in 0..30u64 {
         let s = 2 + k as u16;
-        assert_eq!(d.send_expect(&encode::location_0x12(&fix(START_S + k as i64, k), &lbs, s), 10), ack(0x12, s));
+        assert_eq!(
+            d.send_expect(
+                &encode::location_0x12(&fix(START_S + k as i64, k), &lbs, s),
+                10
+            ),
+            ack(0x12, s)
+        );
     }
     drop(d);
     assert!(g.terminate().success());
@@ -175,8 +234,15 @@ fn a_copy_of_the_data_dir_taken_after_a_clean_stop_is_a_complete_backup() {
     let (_, dev) = g2.get_json(&format!("/api/devices/{imei}"));
     assert_eq!(dev["position"]["time"], "2026-01-01T00:00:29.000Z");
     drop(g2);
-    let out = std::process::Command::new(bin()).args(["verify", "--data-dir", copy.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = std::process::Command::new(bin())
+        .args(["verify", "--data-dir", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
