@@ -21,6 +21,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a fleet of simulated GT06 trackers against a server (for demos and load).
     Simulate(SimulateArgs),
+    /// Decode a capture (hex; frames glued, cut or spaced) into one JSON line per frame.
+    Decode(crate::ops::decode::DecodeArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve_main(args),
         Command::Simulate(args) => gt06::simulate::main(args),
+        Command::Decode(args) => return gt06::ops::decode::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

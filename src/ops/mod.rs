@@ -1,6 +1,9 @@
-//! Operator-facing helpers that read the machine: who holds a port.
+//! Operator-facing helpers: who holds a port (here), `gt06 decode` (`decode`).
 //!
-//! This room reports on the system; it never changes it and never touches the store.
+//! This room reports on the system and on captures; it never changes the system and
+//! never touches the store.
+
+pub mod decode;
 
 use std::net::SocketAddr;
 

@@ -2,6 +2,7 @@
 //! over TCP as trackers do and over HTTP as the map and scripts do.
 
 mod api;
+mod decode;
 mod harness;
 mod ingest;
 mod ops;
