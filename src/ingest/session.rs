@@ -313,15 +313,36 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
             }
             ops
         }
-        Message::Info(info) => vec![Op::Info {
-            imei,
-            at_ms: now,
-            power_mv: info.power_mv,
-            battery_mv: info.battery_mv,
-            battery_percent: info.battery_pct,
-            temperature_dc: info.temperature_dc,
-            iccid: info.iccid.clone(),
-        }],
+        Message::Info(info) => {
+            let mut ops = vec![Op::Info {
+                imei,
+                at_ms: now,
+                power_mv: info.power_mv,
+                battery_mv: info.battery_mv,
+                battery_percent: info.battery_pct,
+                temperature_dc: info.temperature_dc,
+                iccid: info.iccid.clone(),
+            }];
+            // Text and driver ids have no place in the device's status: they are things
+            // that happened (a serial device answered, a card was presented), so they
+            // are kept as events rather than lost.
+            for (kind, text) in [("device_text", &info.text), ("driver_id", &info.driver_id)] {
+                if let Some(text) = text {
+                    ops.push(Op::Event {
+                        imei,
+                        event: EventRecord {
+                            time_ms: now,
+                            received_ms: now,
+                            kind: kind.to_string(),
+                            lat_raw: None,
+                            lon_raw: None,
+                            text: Some(text.clone()),
+                        },
+                    });
+                }
+            }
+            ops
+        }
         Message::CommandReply { text, .. } => vec![Op::Event {
             imei,
             event: EventRecord {
@@ -524,6 +545,30 @@ mod tests {
         let p = position_record(&loc(Some(FIX), false), None, NOW);
         assert!(!p.valid);
         assert_eq!(p.invalid_reason, None);
+    }
+
+    #[test]
+    fn info_text_and_driver_id_become_events() {
+        let msg = Message::Info(protocol::Info {
+            text: Some("80d600".into()),
+            driver_id: Some("4277efef".into()),
+            power_mv: Some(7390),
+            ..protocol::Info::default()
+        });
+        let ops = ops_for(1, &msg, NOW);
+        assert!(matches!(
+            &ops[0],
+            Op::Info {
+                power_mv: Some(7390),
+                ..
+            }
+        ));
+        assert!(
+            matches!(&ops[1], Op::Event { event, .. } if event.kind == "device_text" && event.text.as_deref() == Some("80d600"))
+        );
+        assert!(
+            matches!(&ops[2], Op::Event { event, .. } if event.kind == "driver_id" && event.text.as_deref() == Some("4277efef"))
+        );
     }
 
     #[test]

@@ -6,3 +6,4 @@ mod decode;
 mod harness;
 mod ingest;
 mod ops;
+mod replay;
