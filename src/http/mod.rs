@@ -121,6 +121,7 @@ async fn dispatch(app: &Arc<App>, route: Route, query: &str) -> Result<Response<
             &serde_json::json!({"status": "ok"}),
         )),
         Route::HealthReady => Ok(ready(app)),
+        Route::Metrics => Ok(metrics()),
     }
 }
 
@@ -245,6 +246,16 @@ async fn events(app: &Arc<App>, query: &str) -> Result<Response<Body>, ApiError>
     })
     .await?;
     Ok(json_response(StatusCode::OK, &list))
+}
+
+fn metrics() -> Response<Body> {
+    let body = crate::ops::metrics::METRICS.render();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn ready(app: &App) -> Response<Body> {

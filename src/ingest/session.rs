@@ -6,6 +6,7 @@
 //! answers fills the queue, the reader stops, and TCP pushes back on the device.
 
 use super::{IngestCtx, Online};
+use crate::ops::metrics::{FrameResult, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
 use crate::store::{
     Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord, StoreError, WriteReq,
@@ -98,6 +99,7 @@ pub async fn run(
 ) {
     let span = tracing::info_span!("session", %peer, imei = tracing::field::Empty);
     async move {
+        let _counted = METRICS.connection();
         let (mut rd, wr) = sock.into_split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let durable = Arc::new(Durability::default());
@@ -164,6 +166,7 @@ impl Session {
                         buf.advance(e.consumed().clamp(1, buf.len().max(1)).min(buf.len()));
                         match e {
                             FrameError::Junk { skipped } => {
+                                METRICS.frame(FrameResult::Junk, None);
                                 junk_run += skipped;
                                 if junk_run > MAX_JUNK_RUN {
                                     return Err(SessionError::Junk(junk_run));
@@ -172,6 +175,7 @@ impl Session {
                             FrameError::BadCrc {
                                 proto, want, got, ..
                             } => {
+                                METRICS.frame(FrameResult::BadCrc, Some(proto));
                                 // Vendor rule: a bad CRC is discarded, not answered. The
                                 // connection stays: one flipped bit is not a rogue device.
                                 if !self.warned.bad_crc {
@@ -179,7 +183,12 @@ impl Session {
                                     tracing::warn!(reason = "bad_crc", proto = format_args!("{proto:#04x}"), want = format_args!("{want:#06x}"), got = format_args!("{got:#06x}"), "frame dropped (further bad CRCs on this connection are not logged)");
                                 }
                             }
-                            FrameError::TooLong { .. } | FrameError::Malformed { .. } => {
+                            FrameError::TooLong { .. } => {
+                                METRICS.frame(FrameResult::TooLong, None);
+                                return Err(SessionError::Frame(e));
+                            }
+                            FrameError::Malformed { .. } => {
+                                METRICS.frame(FrameResult::Malformed, None);
                                 return Err(SessionError::Frame(e));
                             }
                         }
@@ -196,6 +205,7 @@ impl Session {
         let msg = match protocol::decode(&frame, &DecodeCtx::default()) {
             Ok(m) => m,
             Err(e) => {
+                METRICS.frame(FrameResult::DecodeError, Some(frame.proto));
                 if !self.warned.decode {
                     self.warned.decode = true;
                     tracing::warn!(reason = e.reason(), error = %e, hex = %hex(&frame.raw), "frame not decoded (further ones on this connection are not logged)");
@@ -220,6 +230,7 @@ impl Session {
             (SessionState::Anonymous, _) => {
                 // A device is anonymous until its login; what it says before that is
                 // neither answered nor stored (it will log in and repeat itself).
+                METRICS.frame(FrameResult::BeforeLogin, Some(frame.proto));
                 if !self.warned.before_login {
                     self.warned.before_login = true;
                     tracing::warn!(
@@ -232,6 +243,11 @@ impl Session {
             }
         };
         let key = imei.as_u64();
+        let result = match msg {
+            Message::Unknown { .. } => FrameResult::UnknownType,
+            _ => FrameResult::Ok,
+        };
+        METRICS.frame(result, Some(frame.proto));
         for op in ops_for(key, &msg, now) {
             self.record(op).await?;
         }
@@ -256,11 +272,20 @@ impl Session {
 
     async fn record(&mut self, op: Op) -> Result<(), SessionError> {
         self.seq += 1;
+        let is_position = matches!(op, Op::Position { .. });
         let req = WriteReq {
             op,
             ack: Some((self.durable.clone(), self.seq)),
         };
-        self.ctx.writer.send(req).await.map_err(SessionError::Store)
+        self.ctx
+            .writer
+            .send(req)
+            .await
+            .map_err(SessionError::Store)?;
+        if is_position {
+            METRICS.positions_stored(1);
+        }
+        Ok(())
     }
 }
 

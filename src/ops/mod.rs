@@ -1,9 +1,11 @@
-//! Operator-facing helpers: who holds a port (here), `gt06 decode` (`decode`).
+//! Operator-facing helpers: who holds a port (here), `gt06 decode` (`decode`), the
+//! counters behind `GET /metrics` (`metrics`).
 //!
 //! This room reports on the system and on captures; it never changes the system and
 //! never touches the store.
 
 pub mod decode;
+pub mod metrics;
 
 use std::net::SocketAddr;
 

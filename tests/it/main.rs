@@ -5,5 +5,6 @@ mod api;
 mod decode;
 mod harness;
 mod ingest;
+mod metrics;
 mod ops;
 mod replay;
