@@ -179,13 +179,28 @@ pub fn decode_stream(bytes: &[u8], ctx: &DecodeCtx, now_ms: i64) -> (Vec<String>
                 at += used.max(1);
             }
             Ok(None) => {
-                lines.push(error_line(
-                    "the input ends inside a frame",
-                    "incomplete",
-                    rest,
-                ));
                 all_ok = false;
-                break;
+                // A live session would wait for more bytes; a capture has no more. If
+                // another start marker follows, what came before it was not a frame.
+                match next_marker(rest) {
+                    Some(n) => {
+                        let bytes = rest.get(..n).unwrap_or(rest);
+                        lines.push(error_line(
+                            "no frame end before the next start marker",
+                            "malformed",
+                            bytes,
+                        ));
+                        at += n;
+                    }
+                    None => {
+                        lines.push(error_line(
+                            "the input ends inside a frame",
+                            "incomplete",
+                            rest,
+                        ));
+                        break;
+                    }
+                }
             }
             Err(e) => {
                 let n = e.consumed().clamp(1, rest.len());
@@ -200,6 +215,14 @@ pub fn decode_stream(bytes: &[u8], ctx: &DecodeCtx, now_ms: i64) -> (Vec<String>
         }
     }
     (lines, all_ok)
+}
+
+/// Offset of the first `78 78` / `79 79` after the first byte, if any.
+fn next_marker(buf: &[u8]) -> Option<usize> {
+    let tail = buf.get(1..)?;
+    tail.windows(2)
+        .position(|w| w == [0x78, 0x78] || w == [0x79, 0x79])
+        .map(|p| p + 1)
 }
 
 fn error_line(error: &str, reason: &str, bytes: &[u8]) -> String {

@@ -108,6 +108,15 @@ fn junk_and_cut_frames_become_error_lines_and_non_hex_exits_2() {
     assert_eq!(lines[2]["hex"], "78781f1200");
     assert!(lines[2]["error"].is_string());
 
+    // A stray start byte glued to a frame: the capture has no more bytes to wait for,
+    // so the bogus length is given up at the next marker and the frame still decodes.
+    let (code, lines, _) = decode(&["78", LOGIN_V2], "");
+    assert_eq!(code, 1);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["reason"], "malformed");
+    assert_eq!(lines[0]["hex"], "78");
+    assert_eq!(lines[1]["imei"], "864717003283581");
+
     let (code, lines, err) = decode(&["7878 zz"], "");
     assert_eq!(code, 2);
     assert!(lines.is_empty());
