@@ -153,6 +153,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             max_frame: s.max_frame_bytes,
             lenient_crc: s.lenient_crc,
         },
+        device_time: s.device_time.clone(),
     });
     let sessions = TaskTracker::new();
     let http_conns = TaskTracker::new();

@@ -141,7 +141,14 @@ async fn devices(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         .store
         .devices()
         .iter()
-        .map(|(imei, d)| json::device(*imei, d, app.online.is_online(*imei)))
+        .map(|(imei, d)| {
+            json::device(
+                *imei,
+                d,
+                app.online.is_online(*imei),
+                app.online.time_offset_suspect_min(*imei),
+            )
+        })
         .collect();
     Ok(json_response(StatusCode::OK, &list))
 }
@@ -154,7 +161,12 @@ async fn device(app: &Arc<App>, imei: Imei) -> Result<Response<Body>, ApiError> 
         .ok_or_else(|| ApiError::UnknownDevice(imei.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
-        &json::device(key, &d, app.online.is_online(key)),
+        &json::device(
+            key,
+            &d,
+            app.online.is_online(key),
+            app.online.time_offset_suspect_min(key),
+        ),
     ))
 }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod decode;
+mod device_time;
 mod harness;
 mod ingest;
 mod metrics;
