@@ -21,6 +21,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a fleet of simulated GT06 trackers against a server (for demos and load).
     Simulate(SimulateArgs),
+    /// Decode a capture (hex; frames glued, cut or spaced) into one JSON line per frame.
+    Decode(crate::ops::decode::DecodeArgs),
     /// Check a store's integrity (stop the service first); exit 1 if anything is damaged.
     Verify(VerifyArgs),
     /// Benchmark the store: write a synthetic fleet into an empty DIR, measure, print JSON.

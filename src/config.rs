@@ -5,7 +5,10 @@
 //! acts on what it returns. Every key here is documented, with its default, in
 //! `gt06.toml.example`, and a test keeps the two in step.
 
+use crate::ingest::device_time::{DeviceTimes, TimeSetting};
+use crate::protocol::Imei;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +55,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub protocol: ProtocolConfig,
     pub log: LogConfig,
+    /// Per-device settings, keyed by IMEI (a quoted 15-digit string).
+    pub devices: BTreeMap<String, DeviceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +105,18 @@ pub struct ProtocolConfig {
     /// `"strict"`: frames whose CRC does not match are dropped (the vendor's rule).
     /// `"lenient"`: such frames are decoded anyway (some cheap clones compute it wrong).
     pub crc: String,
+    /// How fix times are read for devices without their own `time` setting: `"utc"`,
+    /// `"login"` (the login's time-zone word), an offset like `"+05:30"`, or `"auto"`.
+    pub device_time: String,
+}
+
+/// Settings of one device (`[devices."864717003283581"]`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// How this device's fix times are read; same values as `protocol.device_time`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +135,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             protocol: ProtocolConfig::default(),
             log: LogConfig::default(),
+            devices: BTreeMap::new(),
         }
     }
 }
@@ -157,6 +175,7 @@ impl Default for ProtocolConfig {
         ProtocolConfig {
             max_frame_bytes: 2048,
             crc: "strict".into(),
+            device_time: "utc".into(),
         }
     }
 }
@@ -192,6 +211,7 @@ pub struct Settings {
     pub retention: Option<std::time::Duration>,
     pub max_frame_bytes: usize,
     pub lenient_crc: bool,
+    pub device_time: DeviceTimes,
     pub log_level: String,
 }
 
@@ -310,6 +330,7 @@ impl Config {
                 ))
             }
         };
+        let device_time = self.device_times()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::key(
                 "log.level",
@@ -332,7 +353,32 @@ impl Config {
                 .then(|| std::time::Duration::from_secs(self.store.retention_days * 86_400)),
             max_frame_bytes: self.protocol.max_frame_bytes,
             lenient_crc,
+            device_time,
             log_level: self.log.level.clone(),
+        })
+    }
+
+    /// `protocol.device_time` and every `devices.<imei>.time`, checked.
+    fn device_times(&self) -> Result<DeviceTimes, ConfigError> {
+        let default = TimeSetting::parse(&self.protocol.device_time)
+            .map_err(|p| ConfigError::key("protocol.device_time", p))?;
+        let mut per_device = std::collections::HashMap::new();
+        for (imei, dev) in &self.devices {
+            let parsed = Imei::parse(imei).ok_or_else(|| {
+                ConfigError::key(
+                    &format!("devices.{imei}"),
+                    "is not a 15-digit IMEI (write it quoted: [devices.\"864717003283581\"])",
+                )
+            })?;
+            if let Some(time) = &dev.time {
+                let setting = TimeSetting::parse(time)
+                    .map_err(|p| ConfigError::key(&format!("devices.{imei}.time"), p))?;
+                per_device.insert(parsed.as_u64(), setting);
+            }
+        }
+        Ok(DeviceTimes {
+            default,
+            per_device,
         })
     }
 }
@@ -346,6 +392,11 @@ fn check_known_keys(t: &toml::Table, known: &toml::Table, prefix: &str) -> Resul
         } else {
             format!("{prefix}.{k}")
         };
+        // Device tables are keyed by IMEI: their names are checked by `validate`, their
+        // keys by serde (`deny_unknown_fields`).
+        if full == "devices" {
+            continue;
+        }
         match known.get(k) {
             None => return Err(ConfigError::key(&full, "unknown key")),
             Some(toml::Value::Table(kt)) => {
@@ -469,6 +520,35 @@ mod tests {
         assert_eq!(key_of(c.validate().unwrap_err()), "protocol.crc");
         let c = parse("[protocol]\ncrc = \"lenient\"\n").unwrap();
         assert!(c.validate().unwrap().lenient_crc);
+    }
+
+    #[test]
+    fn device_time_settings_are_checked_and_name_their_key() {
+        let c = parse(
+            "[protocol]\ndevice_time = \"auto\"\n[devices.\"864717003283581\"]\ntime = \"+05:30\"\n",
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.device_time.default, TimeSetting::Auto);
+        assert_eq!(
+            s.device_time.for_imei(864_717_003_283_581),
+            TimeSetting::Offset(330)
+        );
+        assert_eq!(s.device_time.for_imei(1), TimeSetting::Auto);
+
+        let c = parse("[devices.\"864717003283581\"]\ntime = \"+5:30\"\n").unwrap();
+        assert_eq!(
+            key_of(c.validate().unwrap_err()),
+            "devices.864717003283581.time"
+        );
+        let c = parse("[devices.\"12345\"]\ntime = \"utc\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "devices.12345");
+        let c = parse("[protocol]\ndevice_time = \"local\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "protocol.device_time");
+        assert_eq!(
+            key_of(parse("[devices.\"864717003283581\"]\ncolour = 1\n").unwrap_err()),
+            "devices.864717003283581.colour"
+        );
     }
 
     #[test]

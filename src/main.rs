@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve_main(args),
         Command::Simulate(args) => gt06::simulate::main(args),
+        Command::Decode(args) => return gt06::ops::decode::main(args),
         Command::BenchStore(args) => gt06::ops::bench_store::main(args),
         Command::Verify(args) => match gt06::ops::verify::main(&args.data_dir) {
             Ok(true) => Ok(()),
@@ -158,6 +159,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             max_frame: s.max_frame_bytes,
             lenient_crc: s.lenient_crc,
         },
+        device_time: s.device_time.clone(),
     });
     let sessions = TaskTracker::new();
     let http_conns = TaskTracker::new();

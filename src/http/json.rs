@@ -81,6 +81,8 @@ pub struct Status {
     pub type_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_tz_offset_min: Option<i16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_offset_suspect_min: Option<i32>,
 }
 
 #[derive(Serialize)]
@@ -176,7 +178,15 @@ fn status(s: Option<&StatusRecord>, d: &DeviceRecord) -> Status {
     out
 }
 
-pub fn device(imei: u64, d: &DeviceRecord, online: bool) -> Device {
+/// `time_offset_suspect_min` comes from the ingest sessions' memory, not the store.
+pub fn device(
+    imei: u64,
+    d: &DeviceRecord,
+    online: bool,
+    time_offset_suspect_min: Option<i32>,
+) -> Device {
+    let mut status = status(d.status.as_ref(), d);
+    status.time_offset_suspect_min = time_offset_suspect_min;
     Device {
         imei: format!("{imei:015}"),
         name: None,
@@ -184,7 +194,7 @@ pub fn device(imei: u64, d: &DeviceRecord, online: bool) -> Device {
         online,
         last_seen: (d.last_seen_ms > 0).then(|| rfc3339(d.last_seen_ms)),
         position: d.last_position.as_ref().map(Position::from),
-        status: status(d.status.as_ref(), d),
+        status,
     }
 }
 

@@ -121,6 +121,7 @@ async fn dispatch(app: &Arc<App>, route: Route, query: &str) -> Result<Response<
             &serde_json::json!({"status": "ok"}),
         )),
         Route::HealthReady => Ok(ready(app)),
+        Route::Metrics => Ok(metrics()),
     }
 }
 
@@ -140,7 +141,14 @@ async fn devices(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         .store
         .devices()
         .iter()
-        .map(|(imei, d)| json::device(*imei, d, app.online.is_online(*imei)))
+        .map(|(imei, d)| {
+            json::device(
+                *imei,
+                d,
+                app.online.is_online(*imei),
+                app.online.time_offset_suspect_min(*imei),
+            )
+        })
         .collect();
     Ok(json_response(StatusCode::OK, &list))
 }
@@ -153,7 +161,12 @@ async fn device(app: &Arc<App>, imei: Imei) -> Result<Response<Body>, ApiError> 
         .ok_or_else(|| ApiError::UnknownDevice(imei.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
-        &json::device(key, &d, app.online.is_online(key)),
+        &json::device(
+            key,
+            &d,
+            app.online.is_online(key),
+            app.online.time_offset_suspect_min(key),
+        ),
     ))
 }
 
@@ -245,6 +258,16 @@ async fn events(app: &Arc<App>, query: &str) -> Result<Response<Body>, ApiError>
     })
     .await?;
     Ok(json_response(StatusCode::OK, &list))
+}
+
+fn metrics() -> Response<Body> {
+    let body = crate::ops::metrics::METRICS.render();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn ready(app: &App) -> Response<Body> {

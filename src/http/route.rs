@@ -16,6 +16,8 @@ pub enum Route {
     Events,
     HealthLive,
     HealthReady,
+    /// Prometheus text exposition of the frame and connection counters.
+    Metrics,
 }
 
 /// File formats of a track export.
@@ -46,6 +48,7 @@ impl Route {
             ["api", "events"] => Route::Events,
             ["health", "live"] => Route::HealthLive,
             ["health", "ready"] => Route::HealthReady,
+            ["metrics"] => Route::Metrics,
             ["api", ..] | ["health", ..] => return Err(ApiError::NotFound(path.to_string())),
             _ => {
                 let asset = path.trim_start_matches('/');
@@ -90,6 +93,7 @@ mod tests {
             Route::Positions(imei)
         );
         assert_eq!(get("/health/ready").unwrap(), Route::HealthReady);
+        assert_eq!(get("/metrics").unwrap(), Route::Metrics);
         assert_eq!(
             get("/api/devices/864717003283581/track.gpx").unwrap(),
             Route::Track(imei, TrackFormat::Gpx)

@@ -10,6 +10,7 @@
 //! **Architecture invariant:** every read has a timeout and a size limit; a misbehaving
 //! connection is closed with one log line and no other connection notices.
 
+pub mod device_time;
 pub mod session;
 
 use crate::protocol::SplitOptions;
@@ -28,16 +29,39 @@ pub struct IngestCtx {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub split: SplitOptions,
+    /// How each device's fix times are read.
+    pub device_time: device_time::DeviceTimes,
 }
 
 /// Which devices have a logged-in connection right now (a device may briefly have two
-/// while it reconnects, hence a count).
+/// while it reconnects, hence a count), and what the sessions noticed about them that
+/// lives only in memory (a suspected clock offset).
 #[derive(Clone, Default)]
 pub struct Online {
     inner: Arc<Mutex<HashMap<u64, u32>>>,
+    time_offsets: Arc<Mutex<HashMap<u64, i32>>>,
 }
 
 impl Online {
+    /// Minutes a device's live fixes sit away from their receipt time, when its sessions
+    /// concluded so (see `device_time::OffsetDetector`). Kept across reconnects, not
+    /// across restarts.
+    pub fn time_offset_suspect_min(&self, imei: u64) -> Option<i32> {
+        self.time_offsets
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&imei).copied())
+    }
+
+    fn set_time_offset_suspect(&self, imei: u64, minutes: Option<i32>) {
+        if let Ok(mut m) = self.time_offsets.lock() {
+            match minutes {
+                Some(v) => m.insert(imei, v),
+                None => m.remove(&imei),
+            };
+        }
+    }
+
     pub fn is_online(&self, imei: u64) -> bool {
         self.inner
             .lock()

@@ -5,7 +5,9 @@
 //! durable. The two are joined by a bounded queue, so a device that never reads its
 //! answers fills the queue, the reader stops, and TCP pushes back on the device.
 
+use super::device_time::{OffsetDetector, TimeSetting};
 use super::{IngestCtx, Online};
+use crate::ops::metrics::{FrameResult, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
 use crate::store::{
     Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord, StoreError, WriteReq,
@@ -77,6 +79,7 @@ struct Warned {
     before_login: bool,
     decode: bool,
     unknown: Vec<u8>,
+    time_offset: bool,
 }
 
 struct Session {
@@ -87,6 +90,12 @@ struct Session {
     out: mpsc::Sender<Outgoing>,
     warned: Warned,
     online: Online,
+    /// How this device's fix times are read (set at login).
+    time_setting: TimeSetting,
+    /// The login's time-zone word, in minutes east.
+    login_tz_min: Option<i16>,
+    /// Watches live fixes for a clock that is quarter-hours off.
+    detector: OffsetDetector,
 }
 
 /// Runs one connection to its end. Errors are logged here, once; nothing is returned.
@@ -98,6 +107,7 @@ pub async fn run(
 ) {
     let span = tracing::info_span!("session", %peer, imei = tracing::field::Empty);
     async move {
+        let _counted = METRICS.connection();
         let (mut rd, wr) = sock.into_split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let durable = Arc::new(Durability::default());
@@ -114,6 +124,9 @@ pub async fn run(
             seq: 0,
             out: out_tx,
             warned: Warned::default(),
+            time_setting: TimeSetting::default(),
+            login_tz_min: None,
+            detector: OffsetDetector::default(),
         };
         let result = s.read_loop(&mut rd, &stop).await;
         if let SessionState::LoggedIn { imei } = s.state {
@@ -164,6 +177,7 @@ impl Session {
                         buf.advance(e.consumed().clamp(1, buf.len().max(1)).min(buf.len()));
                         match e {
                             FrameError::Junk { skipped } => {
+                                METRICS.frame(FrameResult::Junk, None);
                                 junk_run += skipped;
                                 if junk_run > MAX_JUNK_RUN {
                                     return Err(SessionError::Junk(junk_run));
@@ -172,6 +186,7 @@ impl Session {
                             FrameError::BadCrc {
                                 proto, want, got, ..
                             } => {
+                                METRICS.frame(FrameResult::BadCrc, Some(proto));
                                 // Vendor rule: a bad CRC is discarded, not answered. The
                                 // connection stays: one flipped bit is not a rogue device.
                                 if !self.warned.bad_crc {
@@ -179,7 +194,12 @@ impl Session {
                                     tracing::warn!(reason = "bad_crc", proto = format_args!("{proto:#04x}"), want = format_args!("{want:#06x}"), got = format_args!("{got:#06x}"), "frame dropped (further bad CRCs on this connection are not logged)");
                                 }
                             }
-                            FrameError::TooLong { .. } | FrameError::Malformed { .. } => {
+                            FrameError::TooLong { .. } => {
+                                METRICS.frame(FrameResult::TooLong, None);
+                                return Err(SessionError::Frame(e));
+                            }
+                            FrameError::Malformed { .. } => {
+                                METRICS.frame(FrameResult::Malformed, None);
                                 return Err(SessionError::Frame(e));
                             }
                         }
@@ -196,6 +216,7 @@ impl Session {
         let msg = match protocol::decode(&frame, &DecodeCtx::default()) {
             Ok(m) => m,
             Err(e) => {
+                METRICS.frame(FrameResult::DecodeError, Some(frame.proto));
                 if !self.warned.decode {
                     self.warned.decode = true;
                     tracing::warn!(reason = e.reason(), error = %e, hex = %hex(&frame.raw), "frame not decoded (further ones on this connection are not logged)");
@@ -214,12 +235,18 @@ impl Session {
                 tracing::info!(type_id = ?login.type_id, tz_offset_min = ?login.tz_offset_min, "device logged in");
                 self.state = SessionState::LoggedIn { imei };
                 self.online.enter(imei.as_u64());
+                self.time_setting = self.ctx.device_time.for_imei(imei.as_u64());
+                self.login_tz_min = login.tz_offset_min;
+                self.detector = OffsetDetector::with_conclusion(
+                    self.online.time_offset_suspect_min(imei.as_u64()),
+                );
                 imei
             }
             (SessionState::LoggedIn { imei }, _) => *imei,
             (SessionState::Anonymous, _) => {
                 // A device is anonymous until its login; what it says before that is
                 // neither answered nor stored (it will log in and repeat itself).
+                METRICS.frame(FrameResult::BeforeLogin, Some(frame.proto));
                 if !self.warned.before_login {
                     self.warned.before_login = true;
                     tracing::warn!(
@@ -232,7 +259,13 @@ impl Session {
             }
         };
         let key = imei.as_u64();
-        for op in ops_for(key, &msg, now) {
+        let result = match msg {
+            Message::Unknown { .. } => FrameResult::UnknownType,
+            _ => FrameResult::Ok,
+        };
+        METRICS.frame(result, Some(frame.proto));
+        let offset_min = self.device_time_offset(key, &msg, now);
+        for op in ops_for(key, &msg, now, offset_min) {
             self.record(op).await?;
         }
         if let Message::Unknown { proto } = msg {
@@ -254,18 +287,72 @@ impl Session {
         Ok(())
     }
 
+    /// Minutes to take off this message's fix time to get UTC, under the device's time
+    /// setting. Live fixes also feed the offset detector; a new conclusion is published
+    /// for the API and logged once per connection.
+    fn device_time_offset(&mut self, imei: u64, msg: &Message, now: i64) -> i32 {
+        let loc = match msg {
+            Message::Location(l) => Some(l),
+            Message::Alarm(a) => a.location.as_ref(),
+            _ => None,
+        };
+        let live_fix = loc
+            .filter(|l| l.reupload != Some(true) && l.gps.fixed)
+            .and_then(|l| l.gps.time)
+            .and_then(|t| t.to_unix_ms_utc());
+        if let Some(raw_ms) = live_fix {
+            // Under `auto` the detector reads the fields as sent (its conclusion is the
+            // correction); otherwise with the setting applied (its conclusion is what
+            // is still off).
+            let applied = match self.time_setting {
+                TimeSetting::Auto => 0,
+                s => s.offset_min(self.login_tz_min, None),
+            };
+            let before = self.detector.concluded();
+            let after = self
+                .detector
+                .observe(raw_ms - i64::from(applied) * 60_000, now);
+            if after != before {
+                self.online.set_time_offset_suspect(imei, after);
+                if let (Some(minutes), false) = (after, self.warned.time_offset) {
+                    self.warned.time_offset = true;
+                    let corrected = self.time_setting == TimeSetting::Auto;
+                    tracing::warn!(
+                        reason = "time_offset_suspect",
+                        offset_min = minutes,
+                        setting = ?self.time_setting,
+                        corrected,
+                        "live fix times sit a whole number of quarter-hours away from their arrival (device clock on local time?)"
+                    );
+                }
+            }
+        }
+        self.time_setting
+            .offset_min(self.login_tz_min, self.detector.concluded())
+    }
+
     async fn record(&mut self, op: Op) -> Result<(), SessionError> {
         self.seq += 1;
+        let is_position = matches!(op, Op::Position { .. });
         let req = WriteReq {
             op,
             ack: Some((self.durable.clone(), self.seq)),
         };
-        self.ctx.writer.send(req).await.map_err(SessionError::Store)
+        self.ctx
+            .writer
+            .send(req)
+            .await
+            .map_err(SessionError::Store)?;
+        if is_position {
+            METRICS.positions_stored(1);
+        }
+        Ok(())
     }
 }
 
 /// The store requests a message turns into. Pure, so the policy is testable.
-fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
+/// `offset_min` is taken off device fix times (the device's time setting).
+fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
     match msg {
         Message::Login(l) => vec![Op::Seen {
             imei,
@@ -281,7 +368,7 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
         }],
         Message::Location(loc) => vec![Op::Position {
             imei,
-            pos: position_record(loc, None, now),
+            pos: position_record(loc, None, now, offset_min),
         }],
         Message::Alarm(alarm) => {
             let kind = alarm.kind.map(|k| k.as_str());
@@ -294,7 +381,7 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
             let pos = alarm
                 .location
                 .as_ref()
-                .map(|l| position_record(l, kind, now));
+                .map(|l| position_record(l, kind, now, offset_min));
             if let Some(kind) = kind {
                 ops.push(Op::Event {
                     imei,
@@ -313,15 +400,36 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
             }
             ops
         }
-        Message::Info(info) => vec![Op::Info {
-            imei,
-            at_ms: now,
-            power_mv: info.power_mv,
-            battery_mv: info.battery_mv,
-            battery_percent: info.battery_pct,
-            temperature_dc: info.temperature_dc,
-            iccid: info.iccid.clone(),
-        }],
+        Message::Info(info) => {
+            let mut ops = vec![Op::Info {
+                imei,
+                at_ms: now,
+                power_mv: info.power_mv,
+                battery_mv: info.battery_mv,
+                battery_percent: info.battery_pct,
+                temperature_dc: info.temperature_dc,
+                iccid: info.iccid.clone(),
+            }];
+            // Text and driver ids have no place in the device's status: they are things
+            // that happened (a serial device answered, a card was presented), so they
+            // are kept as events rather than lost.
+            for (kind, text) in [("device_text", &info.text), ("driver_id", &info.driver_id)] {
+                if let Some(text) = text {
+                    ops.push(Op::Event {
+                        imei,
+                        event: EventRecord {
+                            time_ms: now,
+                            received_ms: now,
+                            kind: kind.to_string(),
+                            lat_raw: None,
+                            lon_raw: None,
+                            text: Some(text.clone()),
+                        },
+                    });
+                }
+            }
+            ops
+        }
         Message::CommandReply { text, .. } => vec![Op::Event {
             imei,
             event: EventRecord {
@@ -344,11 +452,21 @@ fn ops_for(imei: u64, msg: &Message, now: i64) -> Vec<Op> {
     }
 }
 
-/// Device time is UTC (gt06-protocol.md §5.1); a missing or unbelievable fix time is
-/// kept, flagged, at the receipt time rather than invented or shifted.
-fn position_record(loc: &protocol::Location, alarm: Option<&str>, now: i64) -> PositionRecord {
+/// Device time is UTC unless the device's setting says it is `offset_min` minutes east
+/// (gt06-protocol.md §5.1); a missing or unbelievable fix time is kept, flagged, at the
+/// receipt time rather than invented or shifted.
+fn position_record(
+    loc: &protocol::Location,
+    alarm: Option<&str>,
+    now: i64,
+    offset_min: i32,
+) -> PositionRecord {
     let g = &loc.gps;
-    let (time_ms, invalid_reason) = match g.time.and_then(|t| t.to_unix_ms_utc()) {
+    let utc = g
+        .time
+        .and_then(|t| t.to_unix_ms_utc())
+        .map(|t| t - i64::from(offset_min) * 60_000);
+    let (time_ms, invalid_reason) = match utc {
         None => (now, Some("no_device_time")),
         Some(t) if t > now + MAX_FUTURE_MS => (now, Some("time_in_future")),
         Some(t) => (t, None),
@@ -493,15 +611,23 @@ mod tests {
 
     #[test]
     fn fix_time_is_read_as_utc() {
-        let p = position_record(&loc(Some(FIX), true), None, NOW);
+        let p = position_record(&loc(Some(FIX), true), None, NOW, 0);
         assert_eq!(p.time_ms, 1_445_350_871_000);
         assert!(p.valid);
         assert_eq!(p.received_ms, NOW);
     }
 
     #[test]
+    fn device_offset_is_taken_off_the_fields() {
+        // The device wrote 14:21:11 local time at +05:30: 08:51:11 UTC.
+        let p = position_record(&loc(Some(FIX), true), None, NOW, 330);
+        assert_eq!(p.time_ms, 1_445_350_871_000 - 330 * 60_000);
+        assert!(p.valid);
+    }
+
+    #[test]
     fn missing_device_time_is_flagged_at_receipt_time() {
-        let p = position_record(&loc(None, true), None, NOW);
+        let p = position_record(&loc(None, true), None, NOW, 0);
         assert_eq!((p.time_ms, p.valid), (NOW, false));
         assert_eq!(p.invalid_reason.as_deref(), Some("no_device_time"));
     }
@@ -514,16 +640,40 @@ mod tests {
             day: 22,
             ..FIX
         };
-        let p = position_record(&loc(Some(future), true), None, NOW);
+        let p = position_record(&loc(Some(future), true), None, NOW, 0);
         assert_eq!((p.time_ms, p.valid), (NOW, false));
         assert_eq!(p.invalid_reason.as_deref(), Some("time_in_future"));
     }
 
     #[test]
     fn unfixed_gps_is_stored_invalid_without_reason() {
-        let p = position_record(&loc(Some(FIX), false), None, NOW);
+        let p = position_record(&loc(Some(FIX), false), None, NOW, 0);
         assert!(!p.valid);
         assert_eq!(p.invalid_reason, None);
+    }
+
+    #[test]
+    fn info_text_and_driver_id_become_events() {
+        let msg = Message::Info(protocol::Info {
+            text: Some("80d600".into()),
+            driver_id: Some("4277efef".into()),
+            power_mv: Some(7390),
+            ..protocol::Info::default()
+        });
+        let ops = ops_for(1, &msg, NOW, 0);
+        assert!(matches!(
+            &ops[0],
+            Op::Info {
+                power_mv: Some(7390),
+                ..
+            }
+        ));
+        assert!(
+            matches!(&ops[1], Op::Event { event, .. } if event.kind == "device_text" && event.text.as_deref() == Some("80d600"))
+        );
+        assert!(
+            matches!(&ops[2], Op::Event { event, .. } if event.kind == "driver_id" && event.text.as_deref() == Some("4277efef"))
+        );
     }
 
     #[test]
@@ -534,7 +684,7 @@ mod tests {
             kind: Some(AlarmKind::Sos),
             cell: None,
         });
-        let ops = ops_for(1, &msg, NOW);
+        let ops = ops_for(1, &msg, NOW, 0);
         assert!(
             matches!(&ops[1], Op::Event { event, .. } if event.kind == "sos" && event.time_ms == 1_445_350_871_000)
         );

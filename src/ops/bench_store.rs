@@ -118,7 +118,7 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
     let devices: Vec<json::Device> = store
         .devices()
         .iter()
-        .map(|(i, d)| json::device(*i, d, false))
+        .map(|(i, d)| json::device(*i, d, false, None))
         .collect();
     let latest_body = serde_json::to_vec(&devices)?;
     let latest_ms = t.elapsed().as_secs_f64() * 1000.0;

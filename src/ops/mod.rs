@@ -1,10 +1,13 @@
-//! Operator-facing commands and helpers: who holds a port, store verification, the
-//! store benchmark.
+//! Operator-facing commands and helpers: who holds a port (here), `gt06 decode`
+//! (`decode`), the counters behind `GET /metrics` (`metrics`), store verification
+//! (`verify`) and the store benchmark (`bench_store`).
 //!
-//! This room reports; it never changes the store's contents (verify and bench-store open
-//! it like the server does, the benchmark only in its own empty directory).
+//! This room reports; it never changes the store's contents (verify opens it like the
+//! server does; the benchmark writes only into its own empty directory).
 
 pub mod bench_store;
+pub mod decode;
+pub mod metrics;
 pub mod verify;
 
 use std::net::SocketAddr;

@@ -2,7 +2,11 @@
 //! over TCP as trackers do and over HTTP as the map and scripts do.
 
 mod api;
+mod decode;
+mod device_time;
 mod durability;
 mod harness;
 mod ingest;
+mod metrics;
 mod ops;
+mod replay;
