@@ -525,10 +525,16 @@ pub(crate) struct SealOps {
     pub write: Vec<(BlockMeta, Vec<u8>)>,
 }
 
+/// The UTC day of a time: blocks never span two, so retention drops whole blocks and is
+/// exact to the day.
+fn utc_day(t_ms: i64) -> i64 {
+    t_ms.div_euclid(86_400_000)
+}
+
 /// Plans the sealing of `tail` (sorted, one per fix time) for `imei`: a tail that overlaps
 /// sealed blocks is merged with them (the sealed position wins a tie); one that completes
-/// a run of small blocks is merged with the run; the result is cut into blocks of at most
-/// [`BLOCK_MAX`].
+/// a run of small blocks of the same day is merged with the run; the result is cut at UTC
+/// day boundaries and into blocks of at most [`BLOCK_MAX`].
 pub(crate) fn seal_ops(
     live: &Live,
     imei: u64,
@@ -566,7 +572,7 @@ pub(crate) fn seal_ops(
         let run: Vec<&BlockMeta> = metas
             .iter()
             .rev()
-            .take_while(|m| m.count < SMALL_BLOCK)
+            .take_while(|m| m.count < SMALL_BLOCK && utc_day(m.first_ms) == utc_day(first))
             .collect();
         let run_total: usize = run.iter().map(|m| m.count as usize).sum();
         if run.len() + 1 >= MERGE_FANIN && run_total + tail.len() <= BLOCK_MAX {
@@ -584,7 +590,8 @@ pub(crate) fn seal_ops(
         tail
     };
     let write = merged
-        .chunks(BLOCK_MAX)
+        .chunk_by(|a, b| utc_day(a.time_ms) == utc_day(b.time_ms))
+        .flat_map(|day| day.chunks(BLOCK_MAX))
         .filter_map(|chunk| {
             let (f, l) = (chunk.first()?.time_ms, chunk.last()?.time_ms);
             let meta = BlockMeta {
@@ -859,6 +866,51 @@ mod tests {
         let report = store.verify().unwrap();
         assert_eq!((report.blocks, report.positions), (3, 30));
         assert_eq!(times(&store, 9).len(), 30);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_drops_whole_old_blocks_and_keeps_recent_ones() {
+        let dir = tempdir("retention");
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        let day = 86_400_000i64;
+        let now = crate::ingest::session::now_ms();
+        let opts = WriterOptions {
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            // One checkpoint (at shutdown) seals everything; retention runs with it.
+            ..opts(1_000_000)
+        };
+        let (handle, join) = spawn(opened, opts).unwrap();
+        // Device 1: a block from 60 days ago and one from today. Device 2: only old data.
+        let old: Vec<Op> = (0..4)
+            .map(|i| Op::Position {
+                imei: 1,
+                pos: pos(now - 60 * day + i * 1000),
+            })
+            .collect();
+        write_all(&handle, old);
+        let old2: Vec<Op> = (0..4)
+            .map(|i| Op::Position {
+                imei: 2,
+                pos: pos(now - 45 * day + i * 1000),
+            })
+            .collect();
+        write_all(&handle, old2);
+        let recent: Vec<Op> = (0..4)
+            .map(|i| Op::Position {
+                imei: 1,
+                pos: pos(now - day + i * 1000),
+            })
+            .collect();
+        write_all(&handle, recent);
+        drop(handle);
+        join.join().unwrap();
+        let left = times(&store, 1);
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left.iter().all(|t| *t > now - 2 * day));
+        assert!(times(&store, 2).is_empty());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
