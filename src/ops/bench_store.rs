@@ -158,6 +158,7 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
         "latest_json_bytes": latest_body.len(),
         "full_verify_scan_s": round(scan_s),
         "blocks": report.blocks,
+        "block_payload_bytes_per_position": round(report.block_bytes as f64 / report.positions.max(1) as f64),
         "rss_api_reads_peak_mib": rss_api_read_peak / (1024 * 1024),
         "rss_full_scan_peak_mib": rss_read_peak / (1024 * 1024),
     });
