@@ -738,7 +738,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_bit_in_a_block_is_reported_by_device_and_time_and_the_rest_reads() {
+    fn a_flipped_bit_or_a_cut_in_a_block_is_reported_by_device_and_time_and_the_rest_reads() {
         let dir = tempdir("flip");
         let a = 111_111_111_111_111u64;
         let b = 222_222_222_222_222u64;

@@ -1,7 +1,7 @@
 //! Crashes and copies: what was answered survives, exactly once.
 
 use crate::harness::*;
-use gt06::protocol::{encode, DeviceTime, Gps, Imei, Lbs, Status};
+use gt06::protocol::{encode, DeviceTime, Gps, Imei, Lbs, Location, Status};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -27,13 +27,15 @@ fn fix(t_s: i64, k: u64) -> Gps {
     }
 }
 
-/// One tracker writing until its connection breaks: batches of locations, each batch
-/// closed by a heartbeat; a batch counts as ACKed once the heartbeat's answer arrives.
+/// One tracker writing until its connection breaks: batches of locations with one SOS
+/// alarm in the middle, each batch closed by a heartbeat; a batch (and its alarm) counts
+/// as ACKed once the heartbeat's answer arrives.
 fn run_device(
     addr: SocketAddr,
     imei: Imei,
     next_k: &mut u64,
     acked: &mut Vec<i64>,
+    acked_alarms: &mut Vec<i64>,
     stop: &AtomicBool,
 ) {
     let Ok(mut sock) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
@@ -63,13 +65,30 @@ fn run_device(
         language: Some(2),
         ..Status::default()
     };
+    let sos = Status {
+        info: 0x22,
+        voltage_level: Some(5),
+        gsm_signal: Some(4),
+        ..Status::default()
+    };
     while !stop.load(Ordering::Relaxed) {
         let mut out = Vec::new();
         let mut batch = Vec::new();
-        for _ in 0..20 {
+        let mut alarm_t = 0;
+        for i in 0..20 {
             let t = START_S + *next_k as i64;
             serial = serial.wrapping_add(1);
-            out.extend(encode::location_0x12(&fix(t, *next_k), &lbs, serial));
+            if i == 10 {
+                let loc = Location {
+                    gps: fix(t, *next_k),
+                    lbs: Some(lbs),
+                    ..Location::default()
+                };
+                out.extend(encode::alarm(0x16, &loc, &sos, 0x01, serial));
+                alarm_t = t * 1000;
+            } else {
+                out.extend(encode::location_0x12(&fix(t, *next_k), &lbs, serial));
+            }
             batch.push(t * 1000);
             *next_k += 1;
         }
@@ -78,7 +97,7 @@ fn run_device(
         if std::io::Write::write_all(&mut sock, &out).is_err() {
             return;
         }
-        // 20 location acks, then the heartbeat's.
+        // 19 location acks and the alarm's (the 11th), then the heartbeat's.
         let mut answers = [0u8; 210];
         if sock.read_exact(&mut answers).is_err() {
             return;
@@ -88,7 +107,13 @@ fn run_device(
             ack(0x13, serial)[..],
             "heartbeat answer out of order"
         );
+        assert_eq!(
+            answers[100..104],
+            [0x78, 0x78, 0x05, 0x16],
+            "alarm answer out of order"
+        );
         acked.extend(batch);
+        acked_alarms.push(alarm_t);
     }
 }
 
@@ -134,6 +159,7 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
         .collect();
     let mut next_k: HashMap<u64, u64> = imeis.iter().map(|i| (i.as_u64(), 0)).collect();
     let mut acked: HashMap<u64, BTreeSet<i64>> = HashMap::new();
+    let mut acked_alarms: HashMap<u64, BTreeSet<i64>> = HashMap::new();
     for cycle in 0..cycles {
         let mut g = Gt06::start_in(&data, &["--config", &cfg_arg]);
         // Everything answered before the last kill is here, exactly once, in order.
@@ -157,6 +183,28 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
                 .map_or(0, |t| (t / 1000 - START_S + 1) as u64);
             let k = next_k.get_mut(&imei.as_u64()).unwrap();
             *k = (*k).max(resume);
+            // Every answered alarm is an event, exactly once.
+            let (_, events) = g.get_json(&format!("/api/events?imei={imei}&type=sos&limit=100000"));
+            let times: Vec<i64> = events
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| gt06::http::json::parse_rfc3339(e["time"].as_str().unwrap()).unwrap())
+                .collect();
+            let have: BTreeSet<i64> = times.iter().copied().collect();
+            assert_eq!(
+                have.len(),
+                times.len(),
+                "cycle {cycle}: {imei} has a duplicated alarm"
+            );
+            let want = acked_alarms
+                .get(&imei.as_u64())
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                want.is_subset(&have),
+                "cycle {cycle}: {imei} lost an answered alarm"
+            );
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -164,9 +212,9 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
             let (addr, imei, stop) = (g.tcp, *imei, stop.clone());
             let mut k = next_k[&imei.as_u64()];
             threads.push(std::thread::spawn(move || {
-                let mut got = Vec::new();
-                run_device(addr, imei, &mut k, &mut got, &stop);
-                (imei, k, got)
+                let (mut got, mut alarms) = (Vec::new(), Vec::new());
+                run_device(addr, imei, &mut k, &mut got, &mut alarms, &stop);
+                (imei, k, got, alarms)
             }));
         }
         seed ^= seed << 13;
@@ -176,9 +224,13 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
         g.kill9();
         stop.store(true, Ordering::Relaxed);
         for t in threads {
-            let (imei, k, got) = t.join().unwrap();
+            let (imei, k, got, alarms) = t.join().unwrap();
             next_k.insert(imei.as_u64(), k);
             acked.entry(imei.as_u64()).or_default().extend(got);
+            acked_alarms
+                .entry(imei.as_u64())
+                .or_default()
+                .extend(alarms);
         }
     }
     let total: usize = acked.values().map(BTreeSet::len).sum();
@@ -186,6 +238,8 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
         total > 1000,
         "the fleet hardly wrote ({total} answered positions)"
     );
+    let alarms: usize = acked_alarms.values().map(BTreeSet::len).sum();
+    assert!(alarms > 40, "the fleet hardly raised alarms ({alarms})");
     // A clean stop, then the offline checker agrees.
     let mut g = Gt06::start_in(&data, &["--config", &cfg_arg]);
     assert!(g.terminate().success());
@@ -196,7 +250,7 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "verify failed:\n{text}");
     eprintln!(
-        "kill-9 loop: {total} answered positions checked; {}",
+        "kill-9 loop: {total} answered positions and {alarms} alarms checked; {}",
         text.lines().next().unwrap_or("")
     );
 }
