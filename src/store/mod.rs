@@ -368,7 +368,11 @@ impl Store {
         }
     }
 
-    fn read_block(&self, imei: u64, first_ms: i64) -> Result<Vec<PositionRecord>, StoreError> {
+    pub(crate) fn read_block(
+        &self,
+        imei: u64,
+        first_ms: i64,
+    ) -> Result<Vec<PositionRecord>, StoreError> {
         match self.inner.blocks.get(keys::position(imei, first_ms))? {
             Some(v) => Ok(block::decode_block(&v)?),
             None => Ok(Vec::new()),
@@ -615,14 +619,6 @@ impl Store {
             &self.inner.block_index,
             &self.inner.devices,
         )
-    }
-
-    pub(crate) fn read_block_for_seal(
-        &self,
-        imei: u64,
-        first_ms: i64,
-    ) -> Result<Vec<PositionRecord>, StoreError> {
-        self.read_block(imei, first_ms)
     }
 }
 

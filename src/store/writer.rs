@@ -367,9 +367,7 @@ impl Writer {
                     continue;
                 };
                 let positions = tail.take_all();
-                match seal_ops(&live, *imei, positions, |i, f| {
-                    self.store.read_block_for_seal(i, f)
-                }) {
+                match seal_ops(&live, *imei, positions, |i, f| self.store.read_block(i, f)) {
                     Ok(ops) => all.push(ops),
                     Err(e) => {
                         // Stays in the journal; the next checkpoint tries again.
