@@ -29,27 +29,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// sled's log segment size. Measured with `gt06 bench-store`: 128 KiB segments left
-/// 9.8 B/position on disk where sled's default 512 KiB left 14.8 (2 M positions), and
-/// 21.6 vs 27.6 at 20 M; 64 KiB and 256 KiB were no better. Values over a quarter of a
-/// segment become blob files, so this also keeps blocks (≤ ~25 KiB) inline.
-const SLED_SEGMENT_BYTES: usize = 128 * 1024;
-
-/// The segment size to open `db_dir` with: sled refuses to reopen a database with another
-/// size, so an existing one (a foundation store, say) keeps what its `conf` file records.
-fn segment_size(db_dir: &Path) -> usize {
-    // The file ends in a binary checksum: read it lossily.
-    std::fs::read(db_dir.join("conf"))
-        .ok()
-        .and_then(|bytes| {
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .find_map(|l| l.strip_prefix("segment_size:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(SLED_SEGMENT_BYTES)
-}
-
 /// Format of the store as a whole (files, trees, keys, values). Recorded in `meta`.
 /// 1: the foundation (one sled key per position, tree `positions`); 2: journal + blocks.
 pub const STORE_FORMAT: u64 = 2;
@@ -221,7 +200,6 @@ impl Store {
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::LowSpace)
-            .segment_size(segment_size(&path))
             .open()
             .map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
