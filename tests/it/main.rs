@@ -10,3 +10,4 @@ mod ingest;
 mod metrics;
 mod ops;
 mod replay;
+mod systemd;
