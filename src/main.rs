@@ -126,6 +126,7 @@ fn listener(
 async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
+    let stop_signal = shutdown_signal();
     if let Some(summary) = &activated.summary {
         tracing::info!("{summary}");
     }
@@ -215,7 +216,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         http_conns.clone(),
     ));
 
-    wait_for_signal().await;
+    stop_signal.await;
     notify(&notifier, "STOPPING=1");
     tracing::info!("shutting down: no new connections");
     cancel.cancel();
@@ -305,20 +306,26 @@ fn write_ports(dir: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> anyh
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM/SIGINT handlers (before READY=1 is sent, so a stop that follows
+/// readiness at once still drains instead of killing) and returns a future that ends at
+/// the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
