@@ -79,6 +79,10 @@ pid=$!
 serve_and_stop /var/lib/gt06
 [ -d /var/lib/gt06/db ] || fail "no store in /var/lib/gt06"
 
+echo "-- offline backup as README says: copy the stopped data dir, verify the copy"
+cp -a /var/lib/gt06 "$work/backup"
+/usr/bin/gt06 verify --data-dir "$work/backup" >/dev/null || fail "gt06 verify on the copy"
+
 echo "-- reinstall (an upgrade's maintainer-script path) keeps the data"
 $SUDO dpkg -i "$deb" >/dev/null
 [ -d /var/lib/gt06/db ] || fail "reinstall lost /var/lib/gt06"
