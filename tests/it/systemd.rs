@@ -197,3 +197,102 @@ fn under_systemd_socket_activate_the_first_device_waits_for_the_server_and_is_ac
     assert!(ports.contains(&format!("\"tcp\":\"{addr}\"")), "{ports}");
     assert!(status.success(), "{text}");
 }
+
+/// Runs `gt06 serve` through `sh` with `LISTEN_*` set for the server's own pid and fd 3
+/// opened by `redirect` (an `sh` redirection such as `3</dev/null`).
+fn serve_with_fd3(data: &Path, redirect: &str, listen_pid: &str) -> std::process::Output {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!(
+            r#"export LISTEN_PID={listen_pid}; exec "$0" "$@" {redirect}"#
+        ))
+        .arg(bin())
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args([
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("LISTEN_FDS", "1");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // A server that (wrongly) started would wait for a signal: stop it after 10 s.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !done.load(std::sync::atomic::Ordering::Relaxed) {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    guard.join().unwrap();
+    out
+}
+
+#[test]
+fn a_passed_fd_that_is_not_a_listening_socket_exits_1_naming_it() {
+    let dir = TempDir::new("bad-fd");
+    let out = serve_with_fd3(&dir.0.join("data"), "3</dev/null", "$$");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("passed fd 3 (gt06) is not a socket"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn fds_meant_for_another_process_are_left_alone_and_the_ports_are_bound() {
+    let dir = TempDir::new("foreign-fd");
+    let data = dir.0.join("data");
+    let log = dir.0.join("gt06.log");
+    // LISTEN_PID names the shell's parent, not the server: bind as configured.
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"export LISTEN_PID=$PPID; exec "$0" "$@" 3</dev/null"#)
+        .arg(bin())
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("LISTEN_FDS", "1")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !data.join("ports.json").exists() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "no ports.json:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = sigterm_and_wait(&mut child, &log);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("socket activation"), "{text}");
+    assert!(status.success(), "{text}");
+}
