@@ -8,6 +8,7 @@ use clap::Parser;
 use gt06::cli::{Cli, Command, ServeArgs};
 use gt06::config::{Config, ConfigError, Overrides, Settings};
 use gt06::ingest::{self, IngestCtx, Online};
+use gt06::ops::systemd::{Activated, Notifier};
 use gt06::protocol::SplitOptions;
 use gt06::store::{self, Store};
 use std::net::SocketAddr;
@@ -56,12 +57,15 @@ fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         .with_overrides(&overrides)
         .validate()?;
     init_logging(&settings.log_level);
+    // Before any thread starts: this reads and unsets the LISTEN_* variables.
+    let activated = gt06::ops::systemd::take_listen_fds()?;
+    let notifier = gt06::ops::systemd::Notifier::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gt06-rt")
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(settings))
+    rt.block_on(serve(settings, activated, notifier))
 }
 
 fn init_logging(level: &str) {
@@ -106,11 +110,28 @@ fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for {what}"))
 }
 
-async fn serve(s: Settings) -> anyhow::Result<()> {
+/// A listener handed over by the service manager, or a fresh one bound to `addr`.
+fn listener(
+    passed: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<TcpListener> {
+    match passed {
+        Some(l) => TcpListener::from_std(l)
+            .with_context(|| format!("cannot use the passed socket for {what}")),
+        None => bind(addr, what),
+    }
+}
+
+async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
-    let tcp = bind(s.tcp_listen, "GT06 trackers")?;
-    let http = bind(s.http_listen, "HTTP")?;
+    let stop_signal = shutdown_signal();
+    if let Some(summary) = &activated.summary {
+        tracing::info!("{summary}");
+    }
+    let tcp = listener(activated.gt06, s.tcp_listen, "GT06 trackers")?;
+    let http = listener(activated.http, s.http_listen, "HTTP")?;
     let opened = Store::open(
         &s.data_dir,
         store::OpenOptions {
@@ -147,6 +168,20 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let http_addr = http.local_addr()?;
     write_ports(&s.data_dir, tcp_addr, http_addr)?;
     tracing::info!(tcp = %tcp_addr, http = %http_addr, data_dir = %s.data_dir.display(), "gt06 listening");
+    let writer_thread = Arc::new(std::sync::Mutex::new(Some(writer_thread)));
+    notify(
+        &notifier,
+        &format!("READY=1\nSTATUS=listening on {tcp_addr} (GT06) and {http_addr} (HTTP)"),
+    );
+    let watchdog_cancel = CancellationToken::new();
+    let watchdog_task = notifier.watchdog.map(|every| {
+        tokio::spawn(watchdog(
+            notifier.clone(),
+            every,
+            writer_thread.clone(),
+            watchdog_cancel.clone(),
+        ))
+    });
 
     let cancel = CancellationToken::new();
     let online = Online::default();
@@ -181,7 +216,8 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         http_conns.clone(),
     ));
 
-    wait_for_signal().await;
+    stop_signal.await;
+    notify(&notifier, "STOPPING=1");
     tracing::info!("shutting down: no new connections");
     cancel.cancel();
     let _ = ingest_task.await;
@@ -194,8 +230,13 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     }
     // The last session held the last writer handle: the writer now drains and stops.
     tracing::info!("sessions ended; draining the store writer");
-    let joined = tokio::task::spawn_blocking(move || writer_thread.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
+    watchdog_cancel.cancel();
+    if let Some(t) = watchdog_task {
+        let _ = t.await;
+    }
+    let handle = writer_thread.lock().ok().and_then(|mut h| h.take());
+    let joined = tokio::task::spawn_blocking(move || handle.map(|h| h.join())).await;
+    if !matches!(joined, Ok(Some(Ok(())))) {
         tracing::error!("store writer ended abnormally");
     }
     http_cancel.cancel();
@@ -204,6 +245,41 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http_conns.wait()).await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Tells the service manager `state`; a failure is logged, never fatal (the service
+/// works without a manager).
+fn notify(notifier: &Notifier, state: &str) {
+    if let Err(e) = notifier.notify(state) {
+        tracing::warn!(error = %e, state, "cannot notify the service manager");
+    }
+}
+
+/// Sends `WATCHDOG=1` every `every` while the store writer thread is alive. Once it has
+/// ended, the pings stop, so systemd's watchdog restarts a server that can no longer store.
+async fn watchdog(
+    notifier: Notifier,
+    every: Duration,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    cancel: CancellationToken,
+) {
+    tracing::info!(every_ms = every.as_millis() as u64, "watchdog pings on");
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let alive = writer
+            .lock()
+            .map(|h| h.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false);
+        if !alive {
+            tracing::error!("store writer has stopped: no more watchdog pings");
+            return;
+        }
+        notify(&notifier, "WATCHDOG=1");
+    }
 }
 
 /// `DATA_DIR/ports.json`, written atomically once both listeners are bound, so a script
@@ -230,20 +306,26 @@ fn write_ports(dir: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> anyh
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM/SIGINT handlers (before READY=1 is sent, so a stop that follows
+/// readiness at once still drains instead of killing) and returns a future that ends at
+/// the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Operator-facing commands and helpers: who holds a port (here), `gt06 decode`
 //! (`decode`), the counters behind `GET /metrics` (`metrics`), store verification
-//! (`verify`) and the store benchmark (`bench_store`).
+//! (`verify`), the store benchmark (`bench_store`) and systemd socket activation and
+//! readiness notifications (`systemd`).
 //!
 //! This room reports; it never changes the store's contents (verify opens it like the
 //! server does; the benchmark writes only into its own empty directory).
@@ -8,6 +9,7 @@
 pub mod bench_store;
 pub mod decode;
 pub mod metrics;
+pub mod systemd;
 pub mod verify;
 
 use std::net::SocketAddr;

@@ -10,3 +10,5 @@ mod ingest;
 mod metrics;
 mod ops;
 mod replay;
+mod restart;
+mod systemd;
