@@ -139,23 +139,7 @@ impl Gt06 {
     /// SIGTERM, then the exit status (≤ 15 s).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!(
-                    "gt06 did not exit within 15 s of SIGTERM:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sigterm_and_wait(&mut c, &self.log)
     }
 
     pub fn device(&self) -> Device {
@@ -195,6 +179,27 @@ impl Drop for Gt06 {
             );
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// SIGTERM to `child`, then its exit status (≤ 15 s; panics with the log after that).
+pub fn sigterm_and_wait(child: &mut Child, log: &Path) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "gt06 did not exit within 15 s of SIGTERM:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

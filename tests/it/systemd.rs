@@ -46,26 +46,6 @@ fn spawn_serve(data: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
         .expect("spawn gt06")
 }
 
-fn sigterm_and_wait(child: &mut Child, log: &Path) -> std::process::ExitStatus {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "gt06 did not exit within 15 s of SIGTERM:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn ready_is_sent_after_ports_json_and_stopping_on_sigterm_with_watchdog_pings_between() {
     let dir = TempDir::new("notify");
