@@ -5,8 +5,9 @@
 //! acts on what it returns. Every key here is documented, with its default, in
 //! `gt06.toml.example`, and a test keeps the two in step.
 
-use crate::ingest::device_time::{DeviceTimes, TimeSetting};
-use crate::protocol::Imei;
+use crate::ingest::device_time::TimeSetting;
+use crate::ingest::{DeviceSetting, DeviceSettings};
+use crate::protocol::{Imei, Model};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -108,6 +109,9 @@ pub struct ProtocolConfig {
     /// How fix times are read for devices without their own `time` setting: `"utc"`,
     /// `"login"` (the login's time-zone word), an offset like `"+05:30"`, or `"auto"`.
     pub device_time: String,
+    /// Model of devices without their own `model` setting; `""` is the standard GT06
+    /// layouts. See [`MODEL_NAMES`].
+    pub device_model: String,
 }
 
 /// Settings of one device (`[devices."864717003283581"]`).
@@ -117,6 +121,9 @@ pub struct DeviceConfig {
     /// How this device's fix times are read; same values as `protocol.device_time`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// This device's model (e.g. `"VL103"`); same values as `protocol.device_model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +183,7 @@ impl Default for ProtocolConfig {
             max_frame_bytes: 2048,
             crc: "strict".into(),
             device_time: "utc".into(),
+            device_model: String::new(),
         }
     }
 }
@@ -211,7 +219,8 @@ pub struct Settings {
     pub retention: Option<std::time::Duration>,
     pub max_frame_bytes: usize,
     pub lenient_crc: bool,
-    pub device_time: DeviceTimes,
+    /// Per-device settings (fix-time reading and model), with their default.
+    pub devices: DeviceSettings,
     pub log_level: String,
 }
 
@@ -330,7 +339,7 @@ impl Config {
                 ))
             }
         };
-        let device_time = self.device_times()?;
+        let devices = self.device_settings()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::key(
                 "log.level",
@@ -353,15 +362,20 @@ impl Config {
                 .then(|| std::time::Duration::from_secs(self.store.retention_days * 86_400)),
             max_frame_bytes: self.protocol.max_frame_bytes,
             lenient_crc,
-            device_time,
+            devices,
             log_level: self.log.level.clone(),
         })
     }
 
-    /// `protocol.device_time` and every `devices.<imei>.time`, checked.
-    fn device_times(&self) -> Result<DeviceTimes, ConfigError> {
-        let default = TimeSetting::parse(&self.protocol.device_time)
-            .map_err(|p| ConfigError::key("protocol.device_time", p))?;
+    /// `protocol.device_time`, `protocol.device_model` and every `devices.<imei>` table,
+    /// checked; a device's own keys override the defaults one by one.
+    fn device_settings(&self) -> Result<DeviceSettings, ConfigError> {
+        let default = DeviceSetting {
+            time: TimeSetting::parse(&self.protocol.device_time)
+                .map_err(|p| ConfigError::key("protocol.device_time", p))?,
+            model: parse_model(&self.protocol.device_model)
+                .map_err(|p| ConfigError::key("protocol.device_model", p))?,
+        };
         let mut per_device = std::collections::HashMap::new();
         for (imei, dev) in &self.devices {
             let parsed = Imei::parse(imei).ok_or_else(|| {
@@ -370,16 +384,47 @@ impl Config {
                     "is not a 15-digit IMEI (write it quoted: [devices.\"864717003283581\"])",
                 )
             })?;
+            let mut setting = default;
             if let Some(time) = &dev.time {
-                let setting = TimeSetting::parse(time)
+                setting.time = TimeSetting::parse(time)
                     .map_err(|p| ConfigError::key(&format!("devices.{imei}.time"), p))?;
+            }
+            if let Some(model) = &dev.model {
+                setting.model = parse_model(model)
+                    .map_err(|p| ConfigError::key(&format!("devices.{imei}.model"), p))?;
+            }
+            if setting != default {
                 per_device.insert(parsed.as_u64(), setting);
             }
         }
-        Ok(DeviceTimes {
+        Ok(DeviceSettings {
             default,
             per_device,
         })
+    }
+}
+
+/// Model names a device may be given (case does not matter), besides `""` (standard)
+/// and any name starting with `LW`. The first seven need no setting: they are the
+/// standard layouts, accepted so that naming the real model is never an error.
+pub const MODEL_NAMES: &[&str] = &[
+    "GT06", "GT06N", "TR06", "JM01", "GT800", "VL01", "VL03", "NT11", "NT20", "NT26", "NT40",
+    "NT46", "VL100", "XT40", "QH302R", "SEEWORLD", "R11", "VL103", "LL303", "VL512", "G18",
+];
+
+/// A model name as the config gives it. `Model::from_name` reads every unknown name as
+/// the standard layouts; a misspelt model would then silently decode wrong, so here an
+/// unknown name is an error that lists the accepted ones.
+fn parse_model(name: &str) -> Result<Model, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let model = Model::from_name(&upper);
+    if upper.is_empty() || model != Model::Standard || MODEL_NAMES.contains(&upper.as_str()) {
+        Ok(model)
+    } else {
+        Err(format!(
+            "`{name}` is not a known model; accepted: \"\" (standard), {}, LW* (e.g. LW4G-4B)",
+            MODEL_NAMES.join(", ")
+        ))
     }
 }
 
@@ -529,12 +574,12 @@ mod tests {
         )
         .unwrap();
         let s = c.validate().unwrap();
-        assert_eq!(s.device_time.default, TimeSetting::Auto);
+        assert_eq!(s.devices.default.time, TimeSetting::Auto);
         assert_eq!(
-            s.device_time.for_imei(864_717_003_283_581),
+            s.devices.for_imei(864_717_003_283_581).time,
             TimeSetting::Offset(330)
         );
-        assert_eq!(s.device_time.for_imei(1), TimeSetting::Auto);
+        assert_eq!(s.devices.for_imei(1).time, TimeSetting::Auto);
 
         let c = parse("[devices.\"864717003283581\"]\ntime = \"+5:30\"\n").unwrap();
         assert_eq!(
@@ -548,6 +593,62 @@ mod tests {
         assert_eq!(
             key_of(parse("[devices.\"864717003283581\"]\ncolour = 1\n").unwrap_err()),
             "devices.864717003283581.colour"
+        );
+    }
+
+    #[test]
+    fn device_model_settings_are_checked_and_name_their_key() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.devices.for_imei(1).model, Model::Standard);
+
+        let c = parse(
+            "[protocol]\ndevice_model = \"seeworld\"\n\
+             [devices.\"864717003283581\"]\nmodel = \"VL103\"\n\
+             [devices.\"864717003283582\"]\ntime = \"+05:30\"\n\
+             [devices.\"864717003283583\"]\nmodel = \"GT06N\"\n",
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.devices.for_imei(864_717_003_283_581).model, Model::Vl);
+        assert_eq!(
+            s.devices.for_imei(864_717_003_283_581).time,
+            TimeSetting::Utc
+        );
+        // A device with only its own time keeps the default model.
+        let d = s.devices.for_imei(864_717_003_283_582);
+        assert_eq!(
+            (d.model, d.time),
+            (Model::Seeworld, TimeSetting::Offset(330))
+        );
+        // A standard model's name is accepted and means the standard layouts.
+        assert_eq!(
+            s.devices.for_imei(864_717_003_283_583).model,
+            Model::Standard
+        );
+        assert_eq!(s.devices.for_imei(1).model, Model::Seeworld);
+        let lw = parse("[devices.\"864717003283581\"]\nmodel = \"LW4G-4B\"\n").unwrap();
+        assert_eq!(
+            lw.validate()
+                .unwrap()
+                .devices
+                .for_imei(864_717_003_283_581)
+                .model,
+            Model::Lw
+        );
+
+        let c = parse("[devices.\"864717003283581\"]\nmodel = \"VL130\"\n").unwrap();
+        let e = c.validate().unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("VL103") && text.contains("SEEWORLD"),
+            "{text}"
+        );
+        assert_eq!(key_of(e), "devices.864717003283581.model");
+        let c = parse("[protocol]\ndevice_model = \"nope\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "protocol.device_model");
+        assert_eq!(
+            key_of(parse("[devices.\"864717003283581\"]\nmodel = 103\n").unwrap_err()),
+            "devices.864717003283581.model"
         );
     }
 

@@ -194,7 +194,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
             max_frame: s.max_frame_bytes,
             lenient_crc: s.lenient_crc,
         },
-        device_time: s.device_time.clone(),
+        devices: s.devices.clone(),
     });
     let sessions = TaskTracker::new();
     let http_conns = TaskTracker::new();

@@ -10,8 +10,6 @@
 //!
 //! Everything here is pure: times come in as arguments.
 
-use std::collections::HashMap;
-
 /// How to read one device's fix times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TimeSetting {
@@ -77,19 +75,6 @@ impl TimeSetting {
             TimeSetting::Offset(m) => m,
             TimeSetting::Auto => detected_min.unwrap_or(0),
         }
-    }
-}
-
-/// The device-time settings of the whole server: a default and per-device exceptions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeviceTimes {
-    pub default: TimeSetting,
-    pub per_device: HashMap<u64, TimeSetting>,
-}
-
-impl DeviceTimes {
-    pub fn for_imei(&self, imei: u64) -> TimeSetting {
-        self.per_device.get(&imei).copied().unwrap_or(self.default)
     }
 }
 

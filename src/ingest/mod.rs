@@ -13,7 +13,7 @@
 pub mod device_time;
 pub mod session;
 
-use crate::protocol::SplitOptions;
+use crate::protocol::{Model, SplitOptions};
 use crate::store::WriterHandle;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,31 @@ pub struct IngestCtx {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub split: SplitOptions,
-    /// How each device's fix times are read.
-    pub device_time: device_time::DeviceTimes,
+    /// How each device's fix times are read and which model it is.
+    pub devices: DeviceSettings,
+}
+
+/// One device's settings, resolved: its own `[devices."IMEI"]` keys over the
+/// `protocol.*` defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSetting {
+    /// How its fix times are read.
+    pub time: device_time::TimeSetting,
+    /// Which firmware family's layouts and alarm meanings its frames are decoded with.
+    pub model: Model,
+}
+
+/// The per-device settings of the whole server: a default and per-device exceptions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSettings {
+    pub default: DeviceSetting,
+    pub per_device: HashMap<u64, DeviceSetting>,
+}
+
+impl DeviceSettings {
+    pub fn for_imei(&self, imei: u64) -> DeviceSetting {
+        self.per_device.get(&imei).copied().unwrap_or(self.default)
+    }
 }
 
 /// Which devices have a logged-in connection right now (a device may briefly have two

@@ -92,6 +92,9 @@ struct Session {
     online: Online,
     /// How this device's fix times are read (set at login).
     time_setting: TimeSetting,
+    /// What decoding needs: the device's configured model (set at login; frames before
+    /// a login are dropped whatever they decode to).
+    decode_ctx: DecodeCtx,
     /// The login's time-zone word, in minutes east.
     login_tz_min: Option<i16>,
     /// Watches live fixes for a clock that is quarter-hours off.
@@ -125,6 +128,7 @@ pub async fn run(
             out: out_tx,
             warned: Warned::default(),
             time_setting: TimeSetting::default(),
+            decode_ctx: DecodeCtx::default(),
             login_tz_min: None,
             detector: OffsetDetector::default(),
         };
@@ -213,7 +217,7 @@ impl Session {
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
-        let msg = match protocol::decode(&frame, &DecodeCtx::default()) {
+        let msg = match protocol::decode(&frame, &self.decode_ctx) {
             Ok(m) => m,
             Err(e) => {
                 METRICS.frame(FrameResult::DecodeError, Some(frame.proto));
@@ -235,7 +239,11 @@ impl Session {
                 tracing::info!(type_id = ?login.type_id, tz_offset_min = ?login.tz_offset_min, "device logged in");
                 self.state = SessionState::LoggedIn { imei };
                 self.online.enter(imei.as_u64());
-                self.time_setting = self.ctx.device_time.for_imei(imei.as_u64());
+                let setting = self.ctx.devices.for_imei(imei.as_u64());
+                self.time_setting = setting.time;
+                self.decode_ctx = DecodeCtx {
+                    model: setting.model,
+                };
                 self.login_tz_min = login.tz_offset_min;
                 self.detector = OffsetDetector::with_conclusion(
                     self.online.time_offset_suspect_min(imei.as_u64()),
