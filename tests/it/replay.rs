@@ -8,13 +8,17 @@
 //! arrives before the time answer with that serial belongs to the vector, and the time
 //! answer itself says everything before it is durable and readable over HTTP.
 //!
+//! Vectors that need a device model (`model_override`) are replayed once more per model,
+//! against a server whose config gives every IMEI the vectors log in with that model,
+//! after the logins that precede them in the file.
+//!
 //! The pure core is the oracle for what the server should *do* with a frame (store a
 //! position or not, from which decoded fields); Traccar's assertions and the reference
 //! decoder's `derived` values are the independent check of the values themselves.
 
 use crate::harness::*;
 use gt06::http::json::{degrees, parse_rfc3339, rfc3339};
-use gt06::protocol::{self, encode, DecodeCtx, Form, Frame, Message, SplitOptions};
+use gt06::protocol::{self, encode, DecodeCtx, Form, Frame, Message, Model, SplitOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -145,6 +149,8 @@ struct Expected {
 struct Oracle {
     imei: Option<String>,
     login_frame: Option<Vec<u8>>,
+    /// The model the server is configured with for the logged-in device.
+    model: Model,
 }
 
 impl Oracle {
@@ -160,7 +166,14 @@ impl Oracle {
             match protocol::split(&input[at..], &opts) {
                 Ok(Some((frame, n))) => {
                     at += n;
-                    let msg = protocol::decode(&frame, &DecodeCtx::default()).ok();
+                    let ctx = DecodeCtx {
+                        model: if self.imei.is_some() {
+                            self.model
+                        } else {
+                            Model::Standard
+                        },
+                    };
+                    let msg = protocol::decode(&frame, &ctx).ok();
                     let accepted = match &msg {
                         Some(Message::Login(l)) => {
                             self.imei = Some(l.imei.to_string());
@@ -256,6 +269,29 @@ fn id(v: &Value) -> String {
     format!("decoder:{}", v["index"].as_u64().unwrap_or(0))
 }
 
+/// IMEIs of the logins among a vector's frames.
+fn login_imeis(v: &Value) -> Vec<String> {
+    let input = hex(v["hex"].as_str().unwrap_or_default());
+    let opts = SplitOptions {
+        lenient_crc: true,
+        ..SplitOptions::default()
+    };
+    let (mut out, mut at) = (Vec::new(), 0);
+    while at < input.len() {
+        match protocol::split(&input[at..], &opts) {
+            Ok(Some((frame, n))) => {
+                at += n;
+                if let Ok(Message::Login(l)) = protocol::decode(&frame, &DecodeCtx::default()) {
+                    out.push(l.imei.to_string());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => at += e.consumed().max(1),
+        }
+    }
+    out
+}
+
 /// True when the default (strict) splitter rejects a frame of this vector for its CRC.
 fn has_bad_crc(v: &Value) -> bool {
     let input = hex(v["hex"].as_str().unwrap_or_default());
@@ -272,10 +308,19 @@ fn has_bad_crc(v: &Value) -> bool {
 }
 
 /// Replays every decoder vector on one connection (reconnecting and logging in again
-/// only when the server closes it, which is then checked to be expected).
-fn replay(g: &Gt06, vectors: &[Value], lenient: bool) -> Vec<(String, Outcome)> {
+/// only when the server closes it, which is then checked to be expected). `model` is
+/// the one the server's config gives the devices: vectors needing another are skipped.
+fn replay(
+    g: &Gt06,
+    vectors: &[Value],
+    lenient: bool,
+    model: Option<&str>,
+) -> Vec<(String, Outcome)> {
     let mut conn = Conn::open(g);
-    let mut oracle = Oracle::default();
+    let mut oracle = Oracle {
+        model: model.map_or(Model::Standard, Model::from_name),
+        ..Oracle::default()
+    };
     let mut results: Vec<(String, Outcome)> = Vec::new();
     // Vectors sent while no login was accepted: no time request can be answered then,
     // so their (absence of) replies is checked with the next synced exchange.
@@ -283,9 +328,11 @@ fn replay(g: &Gt06, vectors: &[Value], lenient: bool) -> Vec<(String, Outcome)> 
     let mut n_sync: u16 = 0;
     for v in vectors {
         let mut o = Outcome::default();
-        if let Some(model) = v["model_override"].as_str() {
+        let needs = v["model_override"].as_str();
+        if needs.is_some() && needs != model {
             o.skip(format!(
-                "needs device model {model}: the server has no per-device model setting"
+                "needs device model {}: replayed against a server configured so",
+                needs.unwrap_or_default()
             ));
             results.push((id(v), o));
             continue;
@@ -458,6 +505,7 @@ fn check_api(v: &Value, expected: &[Expected], before: &View, after: &View, o: &
     // stored once; every other fix must appear as a new position.
     let now = now_ms();
     let shown_times: Vec<&Value> = before.positions.iter().map(|p| &p["time"]).collect();
+    let all_located = located.clone();
     let located: Vec<&gt06::protocol::Location> = located
         .into_iter()
         .filter(|l| match believable_time(&l.gps, now) {
@@ -524,7 +572,21 @@ fn check_api(v: &Value, expected: &[Expected], before: &View, after: &View, o: &
             .iter()
             .filter(|e| e.accepted)
             .find_map(|e| e.msg.as_ref());
-        check_attribute(v, msg, &new_positions, &new_events, after, o);
+        // A re-sent fix is stored once: its attributes are the shown position's.
+        let resent: Vec<Value> = all_located
+            .iter()
+            .filter_map(|l| believable_time(&l.gps, now))
+            .filter_map(|t| {
+                let t = Value::from(rfc3339(t));
+                after.positions.iter().find(|p| p["time"] == t).cloned()
+            })
+            .collect();
+        let positions = if new_positions.is_empty() {
+            &resent
+        } else {
+            &new_positions
+        };
+        check_attribute(v, msg, positions, &new_events, after, o);
     }
 }
 
@@ -738,7 +800,7 @@ fn peer_vectors_over_tcp_are_answered_stored_and_shown_as_the_core_decodes_them(
     // Default policy: bad-CRC frames are dropped unanswered (the checks above expect
     // exactly that for them: no reply, nothing stored).
     let g = Gt06::start();
-    let strict = replay(&g, &vectors, false);
+    let mut strict = replay(&g, &vectors, false, None);
     drop(g);
 
     // The same file against a lenient server: the bad-CRC vectors now decode.
@@ -748,8 +810,96 @@ fn peer_vectors_over_tcp_are_answered_stored_and_shown_as_the_core_decodes_them(
     let data = dir.0.join("data");
     let cfg_arg = cfg.to_string_lossy().into_owned();
     let g = Gt06::start_in(&data, &["--config", &cfg_arg]);
-    let lenient = replay(&g, &vectors, true);
+    let mut lenient = replay(&g, &vectors, true, None);
     drop(g);
+
+    // Vectors that need a device model: one server per model, whose config gives every
+    // IMEI the file logs in with that model; each gets the logins that precede it in
+    // the file, then its own vectors. Their results stand in for the skips above.
+    let all_imeis: std::collections::BTreeSet<String> =
+        vectors.iter().flat_map(login_imeis).collect();
+    let mut models: Vec<&str> = vectors
+        .iter()
+        .filter_map(|v| v["model_override"].as_str())
+        .collect();
+    models.sort_unstable();
+    models.dedup();
+    let (mut per_model, mut per_model_lenient) = (Vec::new(), Vec::new());
+    for model in &models {
+        let first = vectors
+            .iter()
+            .position(|v| v["model_override"].as_str() == Some(*model))
+            .unwrap_or(0);
+        let subset: Vec<Value> = vectors
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| {
+                v["model_override"].as_str() == Some(*model)
+                    || (*i < first && v["model_override"].is_null() && !login_imeis(v).is_empty())
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        let dir = TempDir::new("model");
+        let cfg = dir.0.join("gt06.toml");
+        let text: String = all_imeis
+            .iter()
+            .map(|i| format!("[devices.\"{i}\"]\nmodel = \"{model}\"\n"))
+            .collect();
+        std::fs::write(&cfg, &text).expect("write config");
+        let data = dir.0.join("data");
+        let cfg_arg = cfg.to_string_lossy().into_owned();
+        let g = Gt06::start_in(&data, &["--config", &cfg_arg]);
+        let results = replay(&g, &subset, false, Some(model));
+        drop(g);
+        for (v, r) in subset.iter().zip(results) {
+            if v["model_override"].as_str() == Some(*model) {
+                per_model.push(r);
+            }
+        }
+        // Bad-CRC vectors among them: also against a lenient server, as above.
+        if subset
+            .iter()
+            .any(|v| v["model_override"].as_str() == Some(*model) && has_bad_crc(v))
+        {
+            let dir = TempDir::new("model-lenient");
+            let cfg = dir.0.join("gt06.toml");
+            std::fs::write(&cfg, format!("[protocol]\ncrc = \"lenient\"\n{text}"))
+                .expect("write config");
+            let data = dir.0.join("data");
+            let cfg_arg = cfg.to_string_lossy().into_owned();
+            let g = Gt06::start_in(&data, &["--config", &cfg_arg]);
+            let results = replay(&g, &subset, true, Some(model));
+            drop(g);
+            for (v, r) in subset.iter().zip(results) {
+                if v["model_override"].as_str() == Some(*model) && has_bad_crc(v) {
+                    per_model_lenient.push(r);
+                }
+            }
+        }
+    }
+    let model_results: Vec<&(String, Outcome)> = per_model.iter().collect();
+    let (p3, f3, s3) = summarize(
+        &format!("the {} vectors needing a device model", per_model.len()),
+        &model_results,
+    );
+    let model_lenient: Vec<&(String, Outcome)> = per_model_lenient.iter().collect();
+    let (p4, f4, s4) = summarize(
+        &format!(
+            "lenient, the {} bad-CRC vectors needing a device model",
+            per_model_lenient.len()
+        ),
+        &model_lenient,
+    );
+    for (id, o) in per_model {
+        if let Some(slot) = strict.iter_mut().find(|(i, _)| *i == id) {
+            slot.1 = o;
+        }
+    }
+    for (id, o) in per_model_lenient {
+        if let Some(slot) = lenient.iter_mut().find(|(i, _)| *i == id) {
+            slot.1 = o;
+        }
+    }
 
     let bad_crc: Vec<bool> = vectors.iter().map(has_bad_crc).collect();
     let n_bad = bad_crc.iter().filter(|b| **b).count();
@@ -786,8 +936,9 @@ fn peer_vectors_over_tcp_are_answered_stored_and_shown_as_the_core_decodes_them(
     let passed = combined.len() - failed - skipped;
     eprintln!("replay: {passed} passed, {failed} failed, {skipped} skipped");
     assert_eq!(
-        (f1, f2),
-        (0, 0),
-        "strict {p1}/{f1}/{s1}, lenient {p2}/{f2}/{s2}: see FAIL lines above"
+        (f1, f2, f3, f4),
+        (0, 0, 0, 0),
+        "strict {p1}/{f1}/{s1}, lenient {p2}/{f2}/{s2}, models {p3}/{f3}/{s3}, \
+         models lenient {p4}/{f4}/{s4}: see FAIL lines above"
     );
 }
