@@ -23,6 +23,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Decode a capture (hex; frames glued, cut or spaced) into one JSON line per frame.
     Decode(crate::ops::decode::DecodeArgs),
+    /// Pre-maintenance checklist (store, disk, memory, ports, clock, last position, backup);
+    /// exit 0 when nothing fails, 1 when a check fails, 2 on bad config.
+    Doctor(DoctorArgs),
     /// Check a store's integrity (stop the service first); exit 1 if anything is damaged.
     Verify(VerifyArgs),
     /// Benchmark the store: write a synthetic fleet into an empty DIR, measure, print JSON.
@@ -34,6 +37,19 @@ pub struct VerifyArgs {
     /// Directory holding the store.
     #[arg(long, value_name = "DIR", default_value = "./gt06-data")]
     pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DoctorArgs {
+    /// Config file (TOML); without it the embedded defaults are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the store (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// One JSON object instead of one line per check.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -26,6 +26,11 @@ fn main() -> ExitCode {
         Command::Simulate(args) => gt06::simulate::main(args),
         Command::Decode(args) => return gt06::ops::decode::main(args),
         Command::BenchStore(args) => gt06::ops::bench_store::main(args),
+        Command::Doctor(args) => match gt06::ops::doctor::main(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Verify(args) => match gt06::ops::verify::main(&args.data_dir) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

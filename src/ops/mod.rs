@@ -1,5 +1,5 @@
 //! Operator-facing commands and helpers: who holds a port (here), `gt06 decode`
-//! (`decode`), the counters behind `GET /metrics` (`metrics`), store verification
+//! (`decode`), the pre-maintenance checklist `gt06 doctor` (`doctor`), the counters behind `GET /metrics` (`metrics`), store verification
 //! (`verify`), the store benchmark (`bench_store`) and systemd socket activation and
 //! readiness notifications (`systemd`).
 //!
@@ -8,6 +8,7 @@
 
 pub mod bench_store;
 pub mod decode;
+pub mod doctor;
 pub mod metrics;
 pub mod systemd;
 pub mod verify;
@@ -46,6 +47,11 @@ pub fn port_holder(addr: SocketAddr) -> Option<(u32, String)> {
         }
     }
     None
+}
+
+/// Whether something listens on `port` (even a process whose fds this user cannot read).
+pub fn port_listening(port: u16) -> bool {
+    listening_inode(port).is_some()
 }
 
 /// Inode of a socket in LISTEN state (st = 0A) on `port`, from /proc/net/tcp{,6}.
