@@ -17,6 +17,7 @@ pub mod block;
 pub mod codec;
 pub mod journal;
 pub mod keys;
+pub mod sledfile;
 pub mod tail;
 pub mod writer;
 
@@ -192,6 +193,10 @@ impl Store {
             detail,
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        let log = path.join("db");
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+            sledfile::check_log(&log).map_err(StoreError::Corrupt)?;
+        }
         // sled 0.34 defaults to a 1 GiB cache and a 500 ms background fsync: a memory
         // budget and a loss window chosen by someone else. The cache is ours; durability
         // comes from the journal and the fsync at every checkpoint.

@@ -311,3 +311,47 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_damaged_store_is_refused_by_serve_and_verify_not_overwritten() {
+    let dir = TempDir::new("damaged");
+    let data = dir.0.join("data");
+    let mut g = Gt06::start_in(&data, &[]);
+    let mut d = g.logged_in("864717003283581", 1);
+    assert_eq!(d.send_expect(&hex(LOCATION_V144), 10), ack(0x12, 3));
+    drop(d);
+    assert!(g.terminate().success());
+    // Garbage over the whole log file, same length.
+    let log = data.join("db").join("db");
+    let len = std::fs::metadata(&log).unwrap().len() as usize;
+    let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
+    std::fs::write(&log, &garbage).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--data-dir", data.to_str().unwrap()])
+        .args([
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        garbage,
+        "serve wrote over a damaged store"
+    );
+    let out = std::process::Command::new(bin())
+        .args(["verify", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        garbage,
+        "verify wrote over a damaged store"
+    );
+}
