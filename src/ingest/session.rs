@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,14 +29,24 @@ const MAX_JUNK_RUN: usize = 4096;
 /// Answers queued for the write half; small, because each one is ten bytes and a device
 /// that stops reading should be pushed back on quickly.
 const OUT_QUEUE: usize = 256;
+/// Initial read buffer of a connection: frames are tens of bytes; it grows when needed.
+const READ_BUF: usize = 512;
 /// A fix this far ahead of the server's clock is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 
 /// Why a session ended, when it was not the device's choice.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("no data for {0:?}")]
+    #[error("no frame for {0:?}")]
     Idle(Duration),
+    #[error("no login within {0:?} of connecting")]
+    LoginTimeout(Duration),
+    #[error("a frame was started and not finished within {0:?}")]
+    FrameTimeout(Duration),
+    #[error("the device did not take its answers for {0:?}")]
+    WriteTimeout(Duration),
+    #[error("store write failed ({0}); closing without answering")]
+    NotDurable(&'static str),
     #[error("framing lost: {0}")]
     Frame(FrameError),
     #[error("{0} bytes without a frame")]
@@ -52,6 +63,10 @@ impl SessionError {
     pub fn reason(&self) -> &'static str {
         match self {
             SessionError::Idle(_) => "idle_timeout",
+            SessionError::LoginTimeout(_) => "login_timeout",
+            SessionError::FrameTimeout(_) => "frame_timeout",
+            SessionError::WriteTimeout(_) => "write_timeout",
+            SessionError::NotDurable(reason) => reason,
             SessionError::Frame(e) => e.reason(),
             SessionError::Junk(_) => "junk",
             SessionError::Read(_) => "read_error",
@@ -132,15 +147,24 @@ pub async fn run(
             login_tz_min: None,
             detector: OffsetDetector::default(),
         };
-        let result = s.read_loop(&mut rd, &stop).await;
+        let read = s.read_loop(&mut rd, &stop).await;
         if let SessionState::LoggedIn { imei } = s.state {
             s.online.leave(imei.as_u64());
         }
         // Let queued answers go out (the device may still be reading), then end.
         drop(s);
-        let _ = writer.await;
+        let write = writer.await.unwrap_or(Ok(()));
+        // One line per connection: when the write half ended it (the reader then only
+        // sees a closed queue or the stop), its reason is the cause.
+        let result = match (read, write) {
+            (Ok(()) | Err(SessionError::Writer), Err(e)) => Err(e),
+            (read, _) => read,
+        };
         match result {
             Ok(()) => tracing::debug!("connection closed"),
+            Err(e @ SessionError::NotDurable(_)) => {
+                tracing::error!(reason = e.reason(), error = %e, "connection closed")
+            }
             Err(e) => tracing::warn!(reason = e.reason(), error = %e, "connection closed"),
         }
     }
@@ -155,13 +179,35 @@ impl Session {
         stop: &CancellationToken,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.split.max_frame * 2;
-        let mut buf = BytesMut::with_capacity(1024);
+        let mut buf = BytesMut::with_capacity(READ_BUF);
         let mut junk_run = 0usize;
+        let connected = Instant::now();
+        // When the last frame ended or a frame's first bytes arrived: junk alone does
+        // not keep a connection open.
+        let mut last_progress = connected;
+        // When the bytes now waiting for the rest of their frame started to arrive.
+        let mut partial_since: Option<Instant> = None;
         loop {
+            let mut deadline = (
+                last_progress + self.ctx.idle_timeout,
+                SessionError::Idle(self.ctx.idle_timeout),
+            );
+            if matches!(self.state, SessionState::Anonymous) {
+                let login = connected + self.ctx.login_timeout;
+                if login < deadline.0 {
+                    deadline = (login, SessionError::LoginTimeout(self.ctx.login_timeout));
+                }
+            }
+            if let Some(since) = partial_since {
+                let frame = since + self.ctx.frame_timeout;
+                if frame < deadline.0 {
+                    deadline = (frame, SessionError::FrameTimeout(self.ctx.frame_timeout));
+                }
+            }
             let n = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                r = tokio::time::timeout(self.ctx.idle_timeout, rd.read_buf(&mut buf)) => match r {
-                    Err(_) => return Err(SessionError::Idle(self.ctx.idle_timeout)),
+                r = tokio::time::timeout_at(deadline.0, rd.read_buf(&mut buf)) => match r {
+                    Err(_) => return Err(deadline.1),
                     Ok(Err(e)) => return Err(SessionError::Read(e)),
                     Ok(Ok(n)) => n,
                 },
@@ -169,12 +215,14 @@ impl Session {
             if n == 0 {
                 return Ok(());
             }
+            let mut completed = false;
             loop {
                 match protocol::split(&buf, &self.ctx.split) {
                     Ok(None) => break,
                     Ok(Some((frame, used))) => {
                         buf.advance(used.min(buf.len()));
                         junk_run = 0;
+                        completed = true;
                         self.handle(frame).await?;
                     }
                     Err(e) => {
@@ -212,6 +260,19 @@ impl Session {
             }
             if buf.len() > cap {
                 return Err(SessionError::Junk(buf.len()));
+            }
+            let now = Instant::now();
+            if completed || (!buf.is_empty() && partial_since.is_none()) {
+                last_progress = now;
+            }
+            if buf.is_empty() {
+                partial_since = None;
+            } else if completed || partial_since.is_none() {
+                partial_since = Some(now);
+            }
+            // A burst may have grown the buffer; an idle connection should not keep it.
+            if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
+                buf = BytesMut::with_capacity(READ_BUF);
             }
         }
     }
@@ -523,14 +584,15 @@ fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
     }
 }
 
-/// The write half: answers in order, each after its data is durable.
+/// The write half: answers in order, each after its data is durable. Returns why it
+/// stopped early; the session logs it.
 async fn write_answers(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
     durable: Arc<Durability>,
     write_timeout: Duration,
     stop: CancellationToken,
-) {
+) -> Result<(), SessionError> {
     let mut state = durable.subscribe();
     while let Some(out) = rx.recv().await {
         if out.wait_for > 0 {
@@ -543,11 +605,10 @@ async fn write_answers(
                 Ok(Some(reason)) => {
                     // Not durable: saying "got it" would be a lie the device acts on.
                     // Closing makes it reconnect and send again.
-                    tracing::error!(reason, "store write failed; closing without answering");
                     stop.cancel();
-                    return;
+                    return Err(SessionError::NotDurable(reason));
                 }
-                Err(_) => return,
+                Err(_) => return Ok(()),
             }
         }
         match tokio::time::timeout(write_timeout, wr.write_all(&out.bytes)).await {
@@ -555,19 +616,16 @@ async fn write_answers(
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "answer not delivered");
                 stop.cancel();
-                return;
+                return Ok(());
             }
             Err(_) => {
-                tracing::warn!(
-                    reason = "write_timeout",
-                    "device does not read its answers; closing"
-                );
                 stop.cancel();
-                return;
+                return Err(SessionError::WriteTimeout(write_timeout));
             }
         }
     }
     let _ = wr.shutdown().await;
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -74,6 +74,8 @@ pub struct Metrics {
     connections_total: AtomicU64,
     connections_current: AtomicU64,
     positions_stored_total: AtomicU64,
+    /// Tracker connections refused by the global cap, and by the per-address cap.
+    connections_refused: [AtomicU64; 2],
 }
 
 /// The process's registry.
@@ -95,7 +97,13 @@ impl Metrics {
             connections_total: AtomicU64::new(0),
             connections_current: AtomicU64::new(0),
             positions_stored_total: AtomicU64::new(0),
+            connections_refused: [const { AtomicU64::new(0) }; 2],
         }
+    }
+
+    /// A tracker connection was refused by a cap (`per_ip`: the per-address one).
+    pub fn connection_refused(&self, per_ip: bool) {
+        self.connections_refused[usize::from(per_ip)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one frame (or one run of junk) under `result`, labelled with its protocol
@@ -180,6 +188,21 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP gt06_connections_refused_total Tracker connections closed at once by a connection cap."
+        );
+        let _ = writeln!(out, "# TYPE gt06_connections_refused_total counter");
+        for (reason, c) in ["max_connections", "max_connections_per_ip"]
+            .iter()
+            .zip(&self.connections_refused)
+        {
+            let _ = writeln!(
+                out,
+                "gt06_connections_refused_total{{reason=\"{reason}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -221,6 +244,10 @@ mod tests {
         assert!(text.contains("# TYPE gt06_frames_total counter\n"));
         assert!(text.contains("gt06_connections_current 1\n"));
         assert!(text.contains("gt06_positions_stored_total 2\n"));
+        M.connection_refused(true);
+        assert!(M
+            .render()
+            .contains("gt06_connections_refused_total{reason=\"max_connections_per_ip\"} 1\n"));
         drop(g);
         assert!(M.render().contains("gt06_connections_current 0\n"));
         assert!(M.render().contains("gt06_connections_total 1\n"));

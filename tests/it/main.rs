@@ -8,6 +8,7 @@ mod doctor;
 mod durability;
 mod harness;
 mod ingest;
+mod limits;
 mod metrics;
 mod ops;
 mod replay;
