@@ -9,6 +9,7 @@ mod durability;
 mod harness;
 mod ingest;
 mod limits;
+mod live;
 mod metrics;
 mod ops;
 mod replay;
