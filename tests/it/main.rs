@@ -14,4 +14,5 @@ mod metrics;
 mod ops;
 mod replay;
 mod restart;
+mod simulate;
 mod systemd;
