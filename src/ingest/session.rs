@@ -16,7 +16,7 @@ use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -29,7 +29,8 @@ const MAX_JUNK_RUN: usize = 4096;
 /// Answers queued for the write half; small, because each one is ten bytes and a device
 /// that stops reading should be pushed back on quickly.
 const OUT_QUEUE: usize = 256;
-/// Initial read buffer of a connection: frames are tens of bytes; it grows when needed.
+/// Room made in the read buffer before each read: frames are tens of bytes, and the
+/// buffer grows when a burst needs more. An idle connection holds no buffer at all.
 const READ_BUF: usize = 512;
 /// A fix this far ahead of the server's clock is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
@@ -179,7 +180,7 @@ impl Session {
         stop: &CancellationToken,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.split.max_frame * 2;
-        let mut buf = BytesMut::with_capacity(READ_BUF);
+        let mut buf = BytesMut::new();
         let mut junk_run = 0usize;
         let connected = Instant::now();
         // When the last frame ended or a frame's first bytes arrived: junk alone does
@@ -204,13 +205,22 @@ impl Session {
                     deadline = (frame, SessionError::FrameTimeout(self.ctx.frame_timeout));
                 }
             }
-            let n = tokio::select! {
+            // Bytes already waiting win over a deadline that passed while this session was
+            // held up by the store (back-pressure): only the device's own silence counts.
+            // Waiting for readability first means a silent connection holds no buffer.
+            tokio::select! {
+                biased;
                 _ = stop.cancelled() => return Ok(()),
-                r = tokio::time::timeout_at(deadline.0, rd.read_buf(&mut buf)) => match r {
-                    Err(_) => return Err(deadline.1),
-                    Ok(Err(e)) => return Err(SessionError::Read(e)),
-                    Ok(Ok(n)) => n,
-                },
+                r = rd.readable() => r.map_err(SessionError::Read)?,
+                _ = tokio::time::sleep_until(deadline.0) => return Err(deadline.1),
+            }
+            if buf.capacity() - buf.len() < READ_BUF / 2 {
+                buf.reserve(READ_BUF);
+            }
+            let n = match rd.try_read_buf(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(SessionError::Read(e)),
             };
             if n == 0 {
                 return Ok(());
@@ -270,9 +280,9 @@ impl Session {
             } else if completed || partial_since.is_none() {
                 partial_since = Some(now);
             }
-            // A burst may have grown the buffer; an idle connection should not keep it.
-            if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
-                buf = BytesMut::with_capacity(READ_BUF);
+            // Between frames a connection keeps no buffer: most of the time it is idle.
+            if buf.is_empty() {
+                buf = BytesMut::new();
             }
         }
     }
