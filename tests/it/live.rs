@@ -63,13 +63,38 @@ impl Stream {
     fn events(&self, kind: &str) -> Vec<serde_json::Value> {
         let text = self.text();
         let marker = format!("event: {kind}\ndata: ");
+        // Only whole events: the last one may still be arriving.
         text.match_indices(&marker)
-            .map(|(i, _)| {
+            .filter_map(|(i, _)| {
                 let rest = &text[i + marker.len()..];
-                let end = rest.find("\n\n").unwrap();
-                serde_json::from_str(&rest[..end]).unwrap()
+                let end = rest.find("\n\n")?;
+                Some(serde_json::from_str(&rest[..end]).unwrap())
             })
             .collect()
+    }
+
+    /// Reads until the stream holds `n` whole events of `kind` (panics after 5 s).
+    fn wait_events(&mut self, kind: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.events(kind);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} `{kind}` events:\n{}",
+                got.len(),
+                self.text()
+            );
+            self.sock
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut b = [0u8; 8192];
+            if let Ok(k) = self.sock.read(&mut b) {
+                self.seen.extend_from_slice(&b[..k]);
+            }
+        }
     }
 }
 
@@ -123,9 +148,7 @@ fn live_stream_carries_each_durable_position_and_alarm_with_its_imei() {
         d.send_expect(&encode::alarm(0x16, &loc, &status, 0x01, 7), 10),
         ack(0x16, 7)
     );
-    all.read_until("\"type\":\"sos\"", Duration::from_secs(5));
-    all.read_until("2026-02-11T08:53:20.000Z", Duration::from_secs(5));
-    let positions = all.events("position");
+    let positions = all.wait_events("position", 2);
     assert_eq!(positions.len(), 2, "{}", all.text());
     let p = &positions[0];
     assert_eq!(p["imei"], "864717003283581");
@@ -134,7 +157,7 @@ fn live_stream_carries_each_durable_position_and_alarm_with_its_imei() {
     assert_eq!(p["lon"], 24.0176222);
     assert_eq!(p["lbs"]["cell"], 21978);
     assert_eq!(positions[1]["alarm"], "sos");
-    let events = all.events("event");
+    let events = all.wait_events("event", 1);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["imei"], "864717003283581");
     assert_eq!(events[0]["type"], "sos");
@@ -143,7 +166,7 @@ fn live_stream_carries_each_durable_position_and_alarm_with_its_imei() {
     let mut e = g.logged_in("123456789012345", 1);
     let frame = encode::location_0x12(&fix(60), &LBS, 2);
     assert_eq!(e.send_expect(&frame, 10), ack(0x12, 2));
-    other.read_until("123456789012345", Duration::from_secs(5));
+    other.wait_events("position", 1);
     assert!(
         !other.text().contains("864717003283581"),
         "{}",
