@@ -28,7 +28,7 @@ sleep 1
 BEFORE=$(rss)
 RAMP=$(( N / 2000 + 1 ))
 "$BIN" simulate --devices "$N" --rate 0.001 --heartbeat-every 0 --ramp "$RAMP" \
-  --duration $(( RAMP + 20 )) --target "$TCP" > "$DIR/sim.log" 2>&1 &
+  --duration $(( RAMP + 90 )) --target "$TCP" > "$DIR/sim.log" 2>&1 &
 SIM=$!
 # Wait for every tracker to be connected (descriptors), then let things settle.
 for _ in $(seq 600); do [ "$(conns)" -ge "$N" ] && break; sleep 0.1; done
