@@ -39,7 +39,7 @@ pub fn raise_nofile() -> std::io::Result<NofileLimit> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let before = lim.rlim_cur as u64;
+    let before = lim.rlim_cur;
     // An unlimited hard limit cannot be the soft one: the kernel caps descriptors per
     // process at fs.nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -60,8 +60,8 @@ pub fn raise_nofile() -> std::io::Result<NofileLimit> {
     }
     Ok(NofileLimit {
         before,
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
+        soft: lim.rlim_cur,
+        hard: lim.rlim_max,
     })
 }
 
@@ -323,6 +323,6 @@ mod tests {
     fn raising_the_descriptor_limit_reaches_the_hard_limit() {
         let l = raise_nofile().unwrap();
         assert!(l.soft >= l.before);
-        assert!(l.soft == l.hard || l.hard == libc::RLIM_INFINITY as u64);
+        assert!(l.soft == l.hard || l.hard == libc::RLIM_INFINITY);
     }
 }
