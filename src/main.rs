@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 fn main() -> ExitCode {
+    gt06::store::memory::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve_main(args),

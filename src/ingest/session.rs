@@ -30,6 +30,11 @@ const MAX_JUNK_RUN: usize = 4096;
 const OUT_QUEUE: usize = 256;
 /// A fix this far ahead of the server's clock is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+/// Receipt times of positions are kept to a tenth of a second. What they are for (the
+/// clock-offset detector works in quarter-hours, `doctor` in minutes, the API shows when
+/// a fix arrived) needs no more, and the milliseconds are noise that cost ~0.8 of the
+/// ~5.7 bytes a stored position takes (BENCHMARKS.md, store section).
+pub const RECEIPT_RESOLUTION_MS: i64 = 100;
 
 /// Why a session ended, when it was not the device's choice.
 #[derive(Debug, thiserror::Error)]
@@ -481,7 +486,7 @@ fn position_record(
     };
     PositionRecord {
         time_ms,
-        received_ms: now,
+        received_ms: now - now.rem_euclid(RECEIPT_RESOLUTION_MS),
         lat_raw: g.lat_raw,
         lon_raw: g.lon_raw,
         speed_kmh: g.speed_kmh,
@@ -623,6 +628,9 @@ mod tests {
         assert_eq!(p.time_ms, 1_445_350_871_000);
         assert!(p.valid);
         assert_eq!(p.received_ms, NOW);
+        // Receipt is kept to the tenth of a second, rounded down.
+        let p = position_record(&loc(Some(FIX), true), None, NOW + 199, 0);
+        assert_eq!(p.received_ms, NOW + 100);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod block;
 pub mod codec;
 pub mod journal;
 pub mod keys;
+pub mod memory;
 pub mod sledfile;
 pub mod tail;
 pub mod writer;

@@ -426,6 +426,8 @@ impl Writer {
         }
         self.journal.remove(&c.old_segments)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // The sealing set and the blocks encoded from it were just freed.
+        super::memory::trim();
         tracing::debug!(
             positions = c.positions,
             blocks = c.blocks,
