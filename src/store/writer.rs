@@ -363,6 +363,11 @@ impl Writer {
             }
             let mut all = Vec::with_capacity(imeis.len());
             for imei in &imeis {
+                // A device whose small blocks are due for a merge costs milliseconds, so
+                // the budget is checked per device, not only per step.
+                if !all.is_empty() && started.elapsed() >= budget {
+                    break;
+                }
                 let Some(mut tail) = live.sealing.remove(imei) else {
                     continue;
                 };
