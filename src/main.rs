@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 fn main() -> ExitCode {
+    gt06::store::memory::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve_main(args),
@@ -184,6 +185,19 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         );
     }
     let store = opened.store.clone();
+    // The disk guard measures before the writer takes its first request, then every
+    // second; `gt06_last_position_age_seconds` counts from the newest stored position.
+    let guard = store.disk().clone();
+    guard.set_min_free(s.min_free);
+    guard.refresh();
+    guard.measure_store();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    gt06::ops::metrics::METRICS.set_last_position(store.newest_received_ms().unwrap_or(now));
+    let guard_cancel = CancellationToken::new();
+    let guard_task = tokio::spawn(guard.watch(guard_cancel.clone()));
     tracing::info!(
         positions = store.count_positions(),
         replayed_batches = replay.batches,
@@ -218,6 +232,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
             notifier.clone(),
             every,
             writer_thread.clone(),
+            store.clone(),
             watchdog_cancel.clone(),
         ))
     });
@@ -283,6 +298,8 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
     if !matches!(joined, Ok(Some(Ok(())))) {
         tracing::error!("store writer ended abnormally");
     }
+    guard_cancel.cancel();
+    let _ = guard_task.await;
     http_cancel.cancel();
     let _ = http_task.await;
     http_conns.close();
@@ -305,6 +322,7 @@ async fn watchdog(
     notifier: Notifier,
     every: Duration,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    store: gt06::store::Store,
     cancel: CancellationToken,
 ) {
     tracing::info!(every_ms = every.as_millis() as u64, "watchdog pings on");
@@ -320,6 +338,13 @@ async fn watchdog(
             .unwrap_or(false);
         if !alive {
             tracing::error!("store writer has stopped: no more watchdog pings");
+            return;
+        }
+        // Stuck checkpoints with room on the disk mean sled refuses writes until it is
+        // reopened: let systemd restart us (the journal replays). While the disk is still
+        // low a restart would not help, so keep running and keep answering.
+        if let (Some(n), None) = (store.checkpoints_failing(), store.disk().problem()) {
+            tracing::error!(failed_in_a_row = n, "checkpoints keep failing with free disk space: no more watchdog pings, so systemd restarts gt06");
             return;
         }
         notify(&notifier, "WATCHDOG=1");

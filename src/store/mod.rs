@@ -15,8 +15,13 @@
 
 pub mod block;
 pub mod codec;
+pub mod guard;
 pub mod journal;
 pub mod keys;
+pub mod memory;
+
+/// Failed checkpoints in a row after which the store counts as stuck.
+pub const CHECKPOINT_FAILURES_STUCK: u32 = 3;
 pub mod sledfile;
 pub mod tail;
 pub mod writer;
@@ -75,8 +80,14 @@ impl From<sled::Error> for StoreError {
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
-        // ENOSPC / EDQUOT: name it, the operator's fix is different.
-        if matches!(e.raw_os_error(), Some(28) | Some(122)) {
+        // ENOSPC / EDQUOT: name it, the operator's fix is different. sled wraps the OS
+        // error in one of its own, so look inside too.
+        let inner = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error);
+        let full = |code: Option<i32>| matches!(code, Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        if full(e.raw_os_error()) || full(inner) || e.kind() == std::io::ErrorKind::StorageFull {
             StoreError::DiskFull
         } else {
             StoreError::Io(e.to_string())
@@ -132,6 +143,10 @@ struct Inner {
     devices: sled::Tree,
     live: RwLock<Live>,
     db_file: PathBuf,
+    /// Free space of the data directory: the writer and sessions consult it.
+    guard: Arc<guard::DiskGuard>,
+    /// Checkpoints that failed since the last one that completed (the writer counts).
+    checkpoint_failures: std::sync::atomic::AtomicU32,
 }
 
 /// Read access to the store, cheap to clone.
@@ -232,6 +247,8 @@ impl Store {
             live: RwLock::new(Live::default()),
             db_file: path.join("db"),
             db,
+            guard: Arc::new(guard::DiskGuard::new(data_dir)),
+            checkpoint_failures: Default::default(),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -484,6 +501,42 @@ impl Store {
         self.live().unsealed
     }
 
+    /// The disk guard of this store's data directory (off until configured).
+    pub fn disk(&self) -> &Arc<guard::DiskGuard> {
+        &self.inner.guard
+    }
+
+    /// Checkpoints failed in a row, when that looks like more than a passing problem.
+    /// sled 0.34 refuses every write after one of its own writes failed (a full disk
+    /// does that), and only reopening clears it: the journal keeps everything, but
+    /// nothing is sealed and memory grows until the process restarts. Reported on
+    /// `/health/ready`; the systemd watchdog stops pinging on it so the unit restarts.
+    pub fn checkpoints_failing(&self) -> Option<u32> {
+        let n = self
+            .inner
+            .checkpoint_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (n >= CHECKPOINT_FAILURES_STUCK).then_some(n)
+    }
+
+    pub(crate) fn checkpoint_result(&self, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ok {
+            self.inner.checkpoint_failures.store(0, Relaxed);
+        } else {
+            self.inner.checkpoint_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Server time (ms) of the newest position received, over every device.
+    pub fn newest_received_ms(&self) -> Option<i64> {
+        let live = self.live();
+        live.devices
+            .values()
+            .filter_map(|d| d.last_position.as_ref().map(|p| p.received_ms))
+            .max()
+    }
+
     /// Cheap liveness probe for `/health/ready`: sled answers a read.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.inner.devices.first()?;
@@ -562,7 +615,8 @@ impl Store {
             let mut live = self.live_mut();
             let ops = writer::seal_ops(&live, imei, std::mem::take(run), |i, f| {
                 self.read_block(i, f)
-            })?;
+            })
+            .map_err(|(e, _)| e)?;
             writer::apply_seal_ops(
                 &self.inner.blocks,
                 &self.inner.block_index,
@@ -655,6 +709,31 @@ mod tests {
         let d = std::env::temp_dir().join(format!("gt06-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn checkpoints_count_as_failing_only_after_several_in_a_row() {
+        let dir = tempdir("ckfail");
+        let store = Store::open(&dir, OpenOptions::default()).unwrap().store;
+        assert_eq!(store.checkpoints_failing(), None);
+        for _ in 1..CHECKPOINT_FAILURES_STUCK {
+            store.checkpoint_result(false);
+        }
+        assert_eq!(
+            store.checkpoints_failing(),
+            None,
+            "one-off failures are not stuck"
+        );
+        store.checkpoint_result(false);
+        assert_eq!(store.checkpoints_failing(), Some(CHECKPOINT_FAILURES_STUCK));
+        store.checkpoint_result(true);
+        assert_eq!(
+            store.checkpoints_failing(),
+            None,
+            "a completed checkpoint clears it"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A store exactly as the foundation wrote it: format 1, one key per position.

@@ -4,6 +4,7 @@
 mod api;
 mod decode;
 mod device_time;
+mod disk;
 mod doctor;
 mod durability;
 mod harness;
