@@ -254,6 +254,7 @@ impl Writer {
                     tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
                 }
                 batch.clear();
+                self.release_held_logged();
             }
             if self.sealing_pending() {
                 self.seal_step_logged(SEAL_STEP_BUDGET);
@@ -263,6 +264,7 @@ impl Writer {
         }
         // Shutdown: finish any checkpoint under way, then seal what is left, so the next
         // open has nothing to replay.
+        self.release_held_logged();
         while self.sealing_pending() {
             self.seal_step_logged(Duration::from_secs(3600));
         }
@@ -300,6 +302,22 @@ impl Writer {
     /// new positions go to fresh tails, and new batches to a new journal segment. The
     /// older segments are deleted once the whole set is sealed and sled is durable.
     fn start_checkpoint_logged(&mut self) {
+        if !self.store.gate().begin_checkpoint() {
+            // A backup holds sled still; look again in a second, not in a whole interval.
+            let again = self
+                .opts
+                .checkpoint_interval
+                .saturating_sub(Duration::from_secs(1));
+            self.last_checkpoint = Instant::now().checked_sub(again).unwrap_or_else(Instant::now);
+            return;
+        }
+        // Events held during a backup go to sled before any segment holding them can go.
+        if let Err(e) = self.store.release_held_events() {
+            self.store.gate().end_checkpoint();
+            tracing::error!(reason = e.reason(), error = %e, "checkpoint put off: events held during a backup cannot be written to sled");
+            self.last_checkpoint = Instant::now();
+            return;
+        }
         match self.journal.rotate() {
             Ok(old) => {
                 let mut live = self.store.live_mut();
@@ -315,9 +333,18 @@ impl Writer {
                     failed: false,
                 });
             }
-            Err(e) => tracing::error!(reason = e.reason(), error = %e, "cannot start a checkpoint"),
+            Err(e) => {
+                self.store.gate().end_checkpoint();
+                tracing::error!(reason = e.reason(), error = %e, "cannot start a checkpoint")
+            }
         }
         self.last_checkpoint = Instant::now();
+    }
+
+    fn release_held_logged(&mut self) {
+        if let Err(e) = self.store.release_held_events() {
+            tracing::error!(reason = e.reason(), error = %e, "events held during a backup not yet written to sled; the journal keeps them");
+        }
     }
 
     fn seal_step_logged(&mut self, budget: Duration) {
@@ -343,6 +370,7 @@ impl Writer {
             if let Err(e) = self.finish_checkpoint() {
                 tracing::error!(reason = e.reason(), error = %e, "checkpoint not completed; the journal keeps the data");
             }
+            self.store.gate().end_checkpoint();
         }
     }
 
