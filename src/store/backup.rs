@@ -74,8 +74,15 @@ impl From<FreezeError> for DumpError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
     Journal(Vec<u8>),
-    Entry { tree: u8, key: Vec<u8>, value: Vec<u8> },
-    End { journal: u64, entries: u64 },
+    Entry {
+        tree: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    End {
+        journal: u64,
+        entries: u64,
+    },
     Refused(String),
 }
 
@@ -227,8 +234,8 @@ impl Store {
             }
         }
         drop(live);
-        out.events = self.inner.events.len() as u64
-            + self.inner.gate.held_events(&[], None).len() as u64;
+        out.events =
+            self.inner.events.len() as u64 + self.inner.gate.held_events(&[], None).len() as u64;
         out
     }
 }
@@ -377,9 +384,7 @@ impl<R: Read> DumpReader<R> {
                     entries: n(8),
                 })
             }
-            KIND_REFUSED => Ok(Record::Refused(
-                String::from_utf8_lossy(&body).into_owned(),
-            )),
+            KIND_REFUSED => Ok(Record::Refused(String::from_utf8_lossy(&body).into_owned())),
             _ => Err(self.damaged("unknown record kind")),
         }
     }
@@ -438,9 +443,11 @@ impl Checker {
                     let imei = op_imei(op);
                     self.summary.devices.entry(imei).or_default();
                     match op {
-                        Op::Position { pos, .. } => {
-                            self.journal_times.entry(imei).or_default().push(pos.time_ms)
-                        }
+                        Op::Position { pos, .. } => self
+                            .journal_times
+                            .entry(imei)
+                            .or_default()
+                            .push(pos.time_ms),
                         Op::Event { event, .. } => {
                             let k = keys::event(imei, event.time_ms, writer::discriminator(event));
                             self.journal_events.insert(k.to_vec());
@@ -535,7 +542,10 @@ impl Checker {
         let list = block::decode_block(value)
             .map_err(|e| DumpError::Damaged(format!("{}: {e}", where_())))?;
         if s.first_ms != first {
-            return Err(DumpError::Damaged(format!("{}: key and block disagree", where_())));
+            return Err(DumpError::Damaged(format!(
+                "{}: key and block disagree",
+                where_()
+            )));
         }
         if let Some((prev_imei, prev_last)) = self.last_block {
             if prev_imei == imei && prev_last >= first {
@@ -555,11 +565,11 @@ impl Checker {
                 .count() as u64;
             *self.sealed_twice.entry(imei).or_default() += twice;
         }
-        self.summary
-            .devices
-            .entry(imei)
-            .or_default()
-            .add_range(s.count as u64, s.first_ms, s.last_ms);
+        self.summary.devices.entry(imei).or_default().add_range(
+            s.count as u64,
+            s.first_ms,
+            s.last_ms,
+        );
         let mut k = [0u8; 16];
         k.copy_from_slice(&key[..16]);
         self.blocks.push((
@@ -583,7 +593,9 @@ impl Checker {
             let who = keys::split_time_key(key)
                 .map(|(i, t)| format!("device {i:015} block at {t}"))
                 .unwrap_or_else(|| "a block".into());
-            return Err(DumpError::Damaged(format!("{who}: block and index disagree")));
+            return Err(DumpError::Damaged(format!(
+                "{who}: block and index disagree"
+            )));
         }
         self.index_seen += 1;
         Ok(())
@@ -687,16 +699,13 @@ pub fn import(r: impl Read, dir: &Path) -> Result<(Summary, VerifyReport), DumpE
         }
         opened.store.sync()?;
     }
-    let want = checker
-        .summary()
-        .cloned()
-        .ok_or(DumpError::Truncated(0))?;
+    let want = checker.summary().cloned().ok_or(DumpError::Truncated(0))?;
     // Open as a server would (loads the index, replays the journal), then seal it all so
     // the restored store starts with nothing to replay.
     let opened = Store::open(dir, OpenOptions::default())?;
     let store = opened.store.clone();
-    let (handle, join) = writer::spawn(opened, writer::WriterOptions::default())
-        .map_err(StoreError::from)?;
+    let (handle, join) =
+        writer::spawn(opened, writer::WriterOptions::default()).map_err(StoreError::from)?;
     drop(handle);
     join.join()
         .map_err(|_| DumpError::Store(StoreError::Io("the store writer panicked".into())))?;
@@ -763,7 +772,9 @@ mod tests {
                 .unwrap();
         }
         let mut rx = d.subscribe();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async { rx.wait_for(|s| s.seq >= n).await.unwrap() });
     }
 
@@ -819,7 +830,10 @@ mod tests {
         assert_eq!(want.devices[&1].first_ms, Some(0));
         assert_eq!(want.devices[&1].last_ms, Some(519_000));
         assert_eq!(want.devices[&2].positions, 250);
-        assert!(!want.devices.contains_key(&3), "a write after the freeze is in the dump");
+        assert!(
+            !want.devices.contains_key(&3),
+            "a write after the freeze is in the dump"
+        );
         assert_eq!(want.events, 1);
         let (got, report) = import(dump.as_slice(), &dst).unwrap();
         assert_eq!(got, want);
@@ -833,7 +847,10 @@ mod tests {
         assert_eq!(store.events(None, 0, i64::MAX, 10).unwrap().len(), 2);
         drop(store);
         let restored = Store::open(&dst, OpenOptions::default()).unwrap();
-        assert_eq!(restored.replay.batches, 0, "the restore left work for replay");
+        assert_eq!(
+            restored.replay.batches, 0,
+            "the restore left work for replay"
+        );
         assert_eq!(restored.store.summary(), want);
         drop(restored);
         let _ = std::fs::remove_dir_all(&src);
@@ -857,7 +874,10 @@ mod tests {
         for at in [3, 20, dump.len() / 2, dump.len() - 3] {
             let mut bad = dump.clone();
             bad[at] ^= 0x01;
-            assert!(check(bad.as_slice()).is_err(), "flip at {at} went unnoticed");
+            assert!(
+                check(bad.as_slice()).is_err(),
+                "flip at {at} went unnoticed"
+            );
         }
         assert!(matches!(
             check(&dump[..dump.len() - 1]),

@@ -120,7 +120,11 @@ impl Gate {
     /// Freezes: waits up to `wait` for a checkpoint under way to end. `on_frozen` runs
     /// under the lock at the moment the freeze begins (the journal lengths are taken
     /// there).
-    pub fn freeze<T>(&self, wait: Duration, on_frozen: impl FnOnce() -> T) -> Result<T, FreezeError> {
+    pub fn freeze<T>(
+        &self,
+        wait: Duration,
+        on_frozen: impl FnOnce() -> T,
+    ) -> Result<T, FreezeError> {
         let mut s = self.lock();
         if s.wanted {
             return Err(FreezeError::Busy);
@@ -181,7 +185,10 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(90));
         ender.join().unwrap();
         assert!(gate.is_frozen());
-        assert!(!gate.begin_checkpoint(), "a checkpoint started while frozen");
+        assert!(
+            !gate.begin_checkpoint(),
+            "a checkpoint started while frozen"
+        );
         assert!(matches!(
             gate.freeze(Duration::from_secs(1), || ()),
             Err(FreezeError::Busy)
@@ -200,7 +207,10 @@ mod tests {
         ));
         assert!(!gate.is_frozen());
         gate.end_checkpoint();
-        assert!(gate.begin_checkpoint(), "a failed freeze kept blocking checkpoints");
+        assert!(
+            gate.begin_checkpoint(),
+            "a failed freeze kept blocking checkpoints"
+        );
     }
 
     #[test]
@@ -212,11 +222,16 @@ mod tests {
         let gate = Gate::default();
         gate.put_event(&tree, b"a".to_vec(), &ev("sos")).unwrap();
         gate.freeze(Duration::from_secs(1), || ()).unwrap();
-        gate.put_event(&tree, b"b".to_vec(), &ev("power_cut")).unwrap();
+        gate.put_event(&tree, b"b".to_vec(), &ev("power_cut"))
+            .unwrap();
         assert_eq!(tree.len(), 1, "sled written while frozen");
         assert_eq!(gate.held_events(b"", None).len(), 1);
         assert!(gate.held_events(b"a", Some(b"b")).is_empty());
-        assert_eq!(gate.release_held(&tree).unwrap(), 0, "released while frozen");
+        assert_eq!(
+            gate.release_held(&tree).unwrap(),
+            0,
+            "released while frozen"
+        );
         gate.thaw();
         assert_eq!(gate.release_held(&tree).unwrap(), 1);
         assert_eq!(tree.len(), 2);

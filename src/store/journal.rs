@@ -202,17 +202,21 @@ fn replay_segment(
     apply: &mut impl FnMut(Vec<Op>),
     batches: &mut usize,
 ) -> Result<(u64, u64, usize), StoreError> {
-    scan_segment(path, u64::MAX, &mut |payload| {
-        match bincode::serde::decode_from_slice::<Vec<Op>, _>(payload, bincode::config::standard())
-        {
+    scan_segment(
+        path,
+        u64::MAX,
+        &mut |payload| match bincode::serde::decode_from_slice::<Vec<Op>, _>(
+            payload,
+            bincode::config::standard(),
+        ) {
             Ok((ops, _)) => {
                 *batches += 1;
                 apply(ops);
                 Ok(true)
             }
             Err(_) => Ok(false),
-        }
-    })
+        },
+    )
 }
 
 /// Reads the records of one segment within its first `limit` bytes, checking each one's

@@ -316,7 +316,10 @@ impl Store {
             Op::Event { imei, event } => {
                 device_entry(live, *imei, event.received_ms);
                 let key = keys::event(*imei, event.time_ms, writer::discriminator(event));
-                if let Err(e) = self.inner.gate.put_event(&self.inner.events, key.to_vec(), event)
+                if let Err(e) = self
+                    .inner
+                    .gate
+                    .put_event(&self.inner.events, key.to_vec(), event)
                 {
                     tracing::error!(error = %e, "event not written to the events tree");
                 }

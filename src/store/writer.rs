@@ -308,7 +308,9 @@ impl Writer {
                 .opts
                 .checkpoint_interval
                 .saturating_sub(Duration::from_secs(1));
-            self.last_checkpoint = Instant::now().checked_sub(again).unwrap_or_else(Instant::now);
+            self.last_checkpoint = Instant::now()
+                .checked_sub(again)
+                .unwrap_or_else(Instant::now);
             return;
         }
         // Events held during a backup go to sled before any segment holding them can go.
