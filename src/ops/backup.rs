@@ -31,6 +31,8 @@ pub const DUMP_FILE: &str = "store.dump";
 pub const MANIFEST_FILE: &str = "manifest.json";
 const MANIFEST_FORMAT: &str = "gt06-backup";
 const MANIFEST_VERSION: u32 = 1;
+/// Where a restore builds the store before it replaces the old one.
+const STAGING: &str = ".restore-partial";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -454,8 +456,11 @@ pub fn restore_main(args: &RestoreArgs) -> anyhow::Result<()> {
         if !data_dir.is_dir() {
             return Err(UsageError(format!("{} is not a directory", data_dir.display())).into());
         }
-        let empty = is_empty_dir(&data_dir)
-            .with_context(|| format!("cannot read {}", data_dir.display()))?;
+        // What an interrupted restore left behind does not count.
+        let empty = std::fs::read_dir(&data_dir)
+            .with_context(|| format!("cannot read {}", data_dir.display()))?
+            .flatten()
+            .all(|e| e.file_name() == STAGING);
         if !empty && !args.force {
             return Err(UsageError(format!(
                 "{} is not empty; restore replaces a store only with --force",
@@ -483,7 +488,7 @@ pub fn restore_main(args: &RestoreArgs) -> anyhow::Result<()> {
     check_files(from, &m)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let staging = data_dir.join(".restore-partial");
+    let staging = data_dir.join(STAGING);
     let _ = std::fs::remove_dir_all(&staging);
     let result = restore_into(from, &m, &data_dir, &staging);
     let _ = std::fs::remove_dir_all(&staging);

@@ -82,6 +82,15 @@ async fn handle(stream: UnixStream, store: Store, cancel: CancellationToken, tas
                 uid = c.uid(),
                 "control socket: refused a connection from another user"
             );
+            if let Ok(s) = stream.into_std() {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+                let mut w = BufWriter::new(s);
+                let _ = write_refusal(
+                    &mut w,
+                    &format!("only uid {me} (the server's user) and root may ask for a backup"),
+                );
+            }
             return;
         }
         Err(e) => {
