@@ -95,6 +95,13 @@ pub struct StoreConfig {
     /// Days of positions to keep; 0 keeps everything. Whole blocks are dropped once
     /// their newest position is older (checked hourly).
     pub retention_days: u64,
+    /// Free space (MiB) on the data directory's filesystem under which new positions and
+    /// events are refused (the disk guard); 0 turns the guard off.
+    pub min_free_mb: u64,
+    /// The same as a percentage of the filesystem's size. The guard uses the smaller of
+    /// the two limits, so a small volume is not "full" from the start; 100 makes
+    /// `min_free_mb` alone decide, 0 turns the guard off.
+    pub min_free_percent: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +180,8 @@ impl Default for StoreConfig {
             checkpoint_positions: 2_000_000,
             checkpoint_interval_secs: 900,
             retention_days: 0,
+            min_free_mb: 512,
+            min_free_percent: 5,
         }
     }
 }
@@ -217,6 +226,8 @@ pub struct Settings {
     pub checkpoint_positions: usize,
     pub checkpoint_interval: std::time::Duration,
     pub retention: Option<std::time::Duration>,
+    /// The disk guard's limits (`store.min_free_mb`, `store.min_free_percent`).
+    pub min_free: crate::store::guard::MinFree,
     pub max_frame_bytes: usize,
     pub lenient_crc: bool,
     /// Per-device settings (fix-time reading and model), with their default.
@@ -316,6 +327,18 @@ impl Config {
                 "must be at most 36500",
             ));
         }
+        if self.store.min_free_mb > 1 << 30 {
+            return Err(ConfigError::key(
+                "store.min_free_mb",
+                "must be at most 1073741824 (1 PiB)",
+            ));
+        }
+        if self.store.min_free_percent > 100 {
+            return Err(ConfigError::key(
+                "store.min_free_percent",
+                "must be between 0 and 100",
+            ));
+        }
         if !(1..=65_536).contains(&self.store.cache_mb) {
             return Err(ConfigError::key(
                 "store.cache_mb",
@@ -360,6 +383,10 @@ impl Config {
             ),
             retention: (self.store.retention_days > 0)
                 .then(|| std::time::Duration::from_secs(self.store.retention_days * 86_400)),
+            min_free: crate::store::guard::MinFree {
+                bytes: self.store.min_free_mb * 1024 * 1024,
+                percent: self.store.min_free_percent,
+            },
             max_frame_bytes: self.protocol.max_frame_bytes,
             lenient_crc,
             devices,

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 fn main() -> ExitCode {
+    gt06::store::memory::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve_main(args),
@@ -156,6 +157,19 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         );
     }
     let store = opened.store.clone();
+    // The disk guard measures before the writer takes its first request, then every
+    // second; `gt06_last_position_age_seconds` counts from the newest stored position.
+    let guard = store.disk().clone();
+    guard.set_min_free(s.min_free);
+    guard.refresh();
+    guard.measure_store();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    gt06::ops::metrics::METRICS.set_last_position(store.newest_received_ms().unwrap_or(now));
+    let guard_cancel = CancellationToken::new();
+    let guard_task = tokio::spawn(guard.watch(guard_cancel.clone()));
     tracing::info!(
         positions = store.count_positions(),
         replayed_batches = replay.batches,
@@ -278,6 +292,8 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
     if !matches!(joined, Ok(Some(Ok(())))) {
         tracing::error!("store writer ended abnormally");
     }
+    guard_cancel.cancel();
+    let _ = guard_task.await;
     http_cancel.cancel();
     let _ = http_task.await;
     http_conns.close();

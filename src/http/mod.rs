@@ -10,6 +10,7 @@ pub mod json;
 pub mod route;
 
 use crate::ingest::Online;
+use crate::ops::metrics::METRICS;
 use crate::protocol::Imei;
 use crate::store::Store;
 use bytes::Bytes;
@@ -91,13 +92,16 @@ pub async fn serve(
 }
 
 async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let result = match Route::parse(req.method(), &path) {
-        Ok(route) => dispatch(app, route, &query).await,
-        Err(e) => Err(e),
+    // Requests that match no route count as "Unmatched": the raw path never becomes a
+    // label.
+    let (label, result) = match Route::parse(req.method(), &path) {
+        Ok(route) => (route.label(), dispatch(app, route, &query).await),
+        Err(e) => ("Unmatched", Err(e)),
     };
-    match result {
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             if e.status().is_server_error() {
@@ -105,7 +109,9 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             json_response(e.status(), &e.body())
         }
-    }
+    };
+    METRICS.http_request(label, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 async fn dispatch(app: &Arc<App>, route: Route, query: &str) -> Result<Response<Body>, ApiError> {
@@ -261,7 +267,7 @@ async fn events(app: &Arc<App>, query: &str) -> Result<Response<Body>, ApiError>
 }
 
 fn metrics() -> Response<Body> {
-    let body = crate::ops::metrics::METRICS.render();
+    let body = METRICS.render(crate::ingest::session::now_ms());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -270,16 +276,29 @@ fn metrics() -> Response<Body> {
     resp
 }
 
+/// Ready means "can take data": the store answers and the disk guard lets it write.
+/// While the disk is low the server still serves reads and answers devices, but says
+/// here (503, check `disk`) that new positions are being refused.
 fn ready(app: &App) -> Response<Body> {
-    match app.store.ping() {
-        Ok(()) => json_response(
+    let mut failing = Vec::new();
+    if let Err(e) = app.store.ping() {
+        failing.push(
+            serde_json::json!({"check": "store", "reason": e.reason(), "message": e.to_string()}),
+        );
+    }
+    if let Some((reason, message)) = app.store.disk().problem() {
+        failing.push(serde_json::json!({"check": "disk", "reason": reason, "message": message}));
+    }
+    if failing.is_empty() {
+        json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "devices_online": app.online.count()}),
-        ),
-        Err(e) => json_response(
+        )
+    } else {
+        json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "unavailable", "failing": [{"check": "store", "reason": e.reason(), "message": e.to_string()}]}),
-        ),
+            &serde_json::json!({"status": "unavailable", "failing": failing}),
+        )
     }
 }
 

@@ -29,6 +29,22 @@ pub enum TrackFormat {
 }
 
 impl Route {
+    /// The variant's name: the `route` label of the HTTP metrics (a bounded set; the
+    /// IMEI or asset path is never part of it).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Asset(_) => "Asset",
+            Route::Devices => "Devices",
+            Route::Device(_) => "Device",
+            Route::Positions(_) => "Positions",
+            Route::Track(..) => "Track",
+            Route::Events => "Events",
+            Route::HealthLive => "HealthLive",
+            Route::HealthReady => "HealthReady",
+            Route::Metrics => "Metrics",
+        }
+    }
+
     /// Maps method and path (without the query) to a route, or says why not.
     pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -7,6 +7,7 @@
 
 use crate::cli::BenchStoreArgs;
 use crate::http::json;
+use crate::ingest::session::RECEIPT_RESOLUTION_MS;
 use crate::store::writer::{self, WriterOptions};
 use crate::store::{Durability, LbsRecord, Op, PositionRecord, Store, WriteReq};
 use anyhow::Context;
@@ -87,6 +88,9 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
     let rss_write_peak = rss.take_peak();
     let positions_written = store.count_positions();
     drop(store);
+    // The read figures should describe a server that opened this store, not the writer's
+    // leftovers: hand freed pages back as a fresh process would not have them.
+    crate::store::memory::trim();
 
     let bytes = dir_bytes(dir)?;
     // Reopen.
@@ -228,7 +232,8 @@ impl Route {
         self.lon += step_m * h.sin() / (111_320.0 * self.lat.to_radians().cos().max(0.1));
         PositionRecord {
             time_ms,
-            received_ms: time_ms + 300 + (self.unit() * 1700.0) as i64,
+            // As the server stamps receipt: to the tenth of a second.
+            received_ms: time_ms + 300 + (self.unit() * 17.0) as i64 * RECEIPT_RESOLUTION_MS,
             lat_raw: (self.lat * 1_800_000.0) as i32,
             lon_raw: (self.lon * 1_800_000.0) as i32,
             speed_kmh: self.speed as u16,

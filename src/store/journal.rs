@@ -28,6 +28,13 @@ pub struct Journal {
     seq: u64,
     /// Bytes in the current segment.
     len: u64,
+    /// The file may hold bytes past `len` (an append failed and cutting them back failed
+    /// too): they are cut before anything else is appended.
+    dirty: bool,
+    /// Test hook: the next append writes this many bytes of its record, then fails as if
+    /// the disk were full.
+    #[cfg(test)]
+    fail_after: Option<usize>,
 }
 
 /// What replay found, for the log and for tests.
@@ -116,6 +123,9 @@ impl Journal {
             file,
             seq,
             len,
+            dirty: false,
+            #[cfg(test)]
+            fail_after: None,
         };
         use std::io::Seek;
         j.file.seek(std::io::SeekFrom::Start(j.len))?;
@@ -135,15 +145,38 @@ impl Journal {
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         rec.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         rec.extend_from_slice(&payload);
-        if let Err(e) = self.file.write_all(&rec) {
-            // A partial write must not leave garbage in front of the next batch.
-            let _ = self.file.set_len(self.len);
-            use std::io::Seek;
-            let _ = self.file.seek(std::io::SeekFrom::Start(self.len));
+        if self.dirty {
+            self.cut_back()?;
+        }
+        // A failed write or fdatasync (ENOSPC, EIO) may have left part of the record, or
+        // all of it, in the file. Replay stops at the first bad record, so a torn one
+        // left in front of the next batch would hide every later commit: cut it off now,
+        // and if even that fails, before the next append.
+        let written = self.write_record(&rec).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.dirty = true;
+            let _ = self.cut_back();
             return Err(e.into());
         }
-        self.file.sync_data()?;
         self.len += rec.len() as u64;
+        Ok(())
+    }
+
+    fn write_record(&mut self, rec: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_after.take() {
+            self.file.write_all(&rec[..n.min(rec.len())])?;
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all(rec)
+    }
+
+    /// Truncates the segment back to its last good record and puts the cursor there.
+    fn cut_back(&mut self) -> Result<(), StoreError> {
+        use std::io::Seek;
+        self.file.set_len(self.len)?;
+        self.file.seek(std::io::SeekFrom::Start(self.len))?;
+        self.dirty = false;
         Ok(())
     }
 
@@ -160,11 +193,16 @@ impl Journal {
     /// Starts a new segment for the batches that follow and returns the older segments,
     /// which the caller deletes with [`Journal::remove`] once what they hold is sealed.
     pub fn rotate(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        if self.dirty {
+            // A segment that is no longer the last must end on a good record.
+            self.cut_back()?;
+        }
         let next = self.seq + 1;
         let file = create_segment(&self.dir, next)?;
         self.file = file;
         self.seq = next;
         self.len = MAGIC.len() as u64;
+
         Ok(segments(&self.dir)?
             .into_iter()
             .filter(|(s, _)| *s < next)
@@ -332,6 +370,31 @@ mod tests {
             assert!(matches!(&got[1][0], Op::Position { pos, .. } if pos.time_ms == 9));
             std::fs::write(&path, &bytes).unwrap();
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_append_leaves_no_torn_record_in_front_of_later_ones() {
+        let d = dir("enospc");
+        let (mut j, _, _) = replay(&d);
+        j.append(&[op(1)]).unwrap();
+        let good = j.len();
+        // Every cut of the record: a few header bytes, the header, most of the payload,
+        // and all of it (the write went through, the fdatasync did not).
+        for n in [3, 8, 12, 1_000] {
+            j.fail_after = Some(n);
+            let err = j.append(&[op(2), op(3)]).unwrap_err();
+            assert_eq!(err.reason(), "disk_full");
+            let path = segment_path(&d, 1);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), good, "cut {n}");
+            assert_eq!(j.len(), good);
+        }
+        j.append(&[op(4)]).unwrap();
+        drop(j);
+        let (_, got, stats) = replay(&d);
+        assert_eq!(got.len(), 2, "{stats:?}");
+        assert!(matches!(&got[1][0], Op::Position { pos, .. } if pos.time_ms == 4));
+        assert_eq!((stats.torn_tail_bytes, stats.corrupt_records), (0, 0));
         let _ = std::fs::remove_dir_all(&d);
     }
 

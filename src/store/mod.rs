@@ -17,8 +17,10 @@ pub mod backup;
 pub mod block;
 pub mod codec;
 pub mod freeze;
+pub mod guard;
 pub mod journal;
 pub mod keys;
+pub mod memory;
 pub mod sledfile;
 pub mod tail;
 pub mod writer;
@@ -77,8 +79,14 @@ impl From<sled::Error> for StoreError {
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
-        // ENOSPC / EDQUOT: name it, the operator's fix is different.
-        if matches!(e.raw_os_error(), Some(28) | Some(122)) {
+        // ENOSPC / EDQUOT: name it, the operator's fix is different. sled wraps the OS
+        // error in one of its own, so look inside too.
+        let inner = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error);
+        let full = |code: Option<i32>| matches!(code, Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        if full(e.raw_os_error()) || full(inner) || e.kind() == std::io::ErrorKind::StorageFull {
             StoreError::DiskFull
         } else {
             StoreError::Io(e.to_string())
@@ -137,6 +145,8 @@ struct Inner {
     journal_dir: PathBuf,
     /// Lets a backup hold sled still while commits go on ([`freeze`]).
     gate: freeze::Gate,
+    /// Free space of the data directory: the writer and sessions consult it.
+    guard: Arc<guard::DiskGuard>,
 }
 
 /// Read access to the store, cheap to clone.
@@ -239,6 +249,7 @@ impl Store {
             journal_dir: data_dir.join("journal"),
             gate: freeze::Gate::default(),
             db,
+            guard: Arc::new(guard::DiskGuard::new(data_dir)),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -513,6 +524,20 @@ impl Store {
         self.live().unsealed
     }
 
+    /// The disk guard of this store's data directory (off until configured).
+    pub fn disk(&self) -> &Arc<guard::DiskGuard> {
+        &self.inner.guard
+    }
+
+    /// Server time (ms) of the newest position received, over every device.
+    pub fn newest_received_ms(&self) -> Option<i64> {
+        let live = self.live();
+        live.devices
+            .values()
+            .filter_map(|d| d.last_position.as_ref().map(|p| p.received_ms))
+            .max()
+    }
+
     /// Cheap liveness probe for `/health/ready`: sled answers a read.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.inner.devices.first()?;
@@ -591,7 +616,8 @@ impl Store {
             let mut live = self.live_mut();
             let ops = writer::seal_ops(&live, imei, std::mem::take(run), |i, f| {
                 self.read_block(i, f)
-            })?;
+            })
+            .map_err(|(e, _)| e)?;
             writer::apply_seal_ops(
                 &self.inner.blocks,
                 &self.inner.block_index,

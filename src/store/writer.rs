@@ -16,8 +16,10 @@
 //! position is readable exactly once.
 
 use super::codec::{self, BlockMeta, Op, PositionRecord};
+use super::guard::DiskGuard;
 use super::journal::Journal;
 use super::{block, keys, merge_unique, EventRecord, Live, Opened, Store, StoreError};
+use crate::ops::metrics::{Refused, METRICS};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::collections::HashMap;
@@ -104,9 +106,16 @@ pub struct WriterStats {
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteReq>,
     pub stats: Arc<WriterStats>,
+    guard: Arc<DiskGuard>,
 }
 
 impl WriterHandle {
+    /// True while the disk guard refuses new positions and events: a session should not
+    /// send them (the writer would refuse them and close the connection unanswered).
+    pub fn disk_low(&self) -> bool {
+        self.guard.is_low()
+    }
+
     pub async fn send(&self, req: WriteReq) -> Result<(), StoreError> {
         self.tx.send(req).await.map_err(|_| StoreError::Closed)
     }
@@ -152,8 +161,10 @@ pub fn spawn(
     let max_batch = opts.max_batch.max(1);
     let (tx, rx) = mpsc::channel(max_batch * 2);
     let stats = Arc::new(WriterStats::default());
+    let guard = opened.store.disk().clone();
     let mut w = Writer {
         stats: stats.clone(),
+        guard: guard.clone(),
         store: opened.store,
         journal: opened.journal,
         rx,
@@ -161,11 +172,12 @@ pub fn spawn(
         last_checkpoint: Instant::now(),
         last_retention: None,
         checkpoint: None,
+        headroom_ok: true,
     };
     let join = std::thread::Builder::new()
         .name("gt06-writer".into())
         .spawn(move || w.run())?;
-    Ok((WriterHandle { tx, stats }, join))
+    Ok((WriterHandle { tx, stats, guard }, join))
 }
 
 /// A checkpoint under way.
@@ -182,9 +194,12 @@ const SEAL_STEP_DEVICES: usize = 256;
 /// Longest sealing stretch between two group commits: answers wait at most about this
 /// much longer than a commit while a checkpoint runs.
 const SEAL_STEP_BUDGET: Duration = Duration::from_millis(20);
+/// Free space a checkpoint needs besides twice the journal it seals.
+const CHECKPOINT_HEADROOM: u64 = 16 * 1024 * 1024;
 
 struct Writer {
     stats: Arc<WriterStats>,
+    guard: Arc<DiskGuard>,
     checkpoint: Option<Checkpoint>,
     store: Store,
     journal: Journal,
@@ -192,6 +207,8 @@ struct Writer {
     opts: WriterOptions,
     last_checkpoint: Instant,
     last_retention: Option<Instant>,
+    /// Whether the last headroom check found room (to log changes only).
+    headroom_ok: bool,
 }
 
 impl Writer {
@@ -210,10 +227,15 @@ impl Writer {
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             } else if self.store.fresh_unsealed() > 0 {
-                let wait = self
-                    .opts
-                    .checkpoint_interval
-                    .saturating_sub(self.last_checkpoint.elapsed());
+                // While the disk is low no checkpoint may start: look again in a second
+                // rather than spin on a deadline that has passed.
+                let wait = if self.guard.is_low() {
+                    Duration::from_secs(1)
+                } else {
+                    self.opts
+                        .checkpoint_interval
+                        .saturating_sub(self.last_checkpoint.elapsed())
+                };
                 match recv_timeout(&mut self.rx, wait) {
                     Recv::Got(r) => Some(r),
                     Recv::Timeout => None,
@@ -244,31 +266,58 @@ impl Writer {
                     }
                 }
                 last_commit = Some(now);
-                let result = self.commit(&batch);
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.guard.refresh_if_stale();
+                if self.guard.is_low() {
+                    self.commit_low(&batch);
+                } else {
+                    let result = self.commit(&batch);
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    notify(&batch, result.as_ref().err());
+                    if let Err(e) = result {
+                        METRICS.commit_failed();
+                        if matches!(e, StoreError::DiskFull) {
+                            self.guard.disk_full();
+                        }
+                        tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
+                    }
+                }
                 self.stats
                     .ops
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                notify(&batch, result.as_ref().err());
-                if let Err(e) = result {
-                    tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
-                }
                 batch.clear();
-                self.release_held_logged();
+                if !self.guard.is_low() {
+                    self.release_held_logged();
+                }
+            } else {
+                self.guard.refresh_if_stale();
             }
             if self.sealing_pending() {
-                self.seal_step_logged(SEAL_STEP_BUDGET);
+                if self.guard.is_low() {
+                    self.abort_checkpoint();
+                } else {
+                    self.seal_step_logged(SEAL_STEP_BUDGET);
+                }
             } else if self.checkpoint_due() {
                 self.start_checkpoint_logged();
             }
         }
         // Shutdown: finish any checkpoint under way, then seal what is left, so the next
-        // open has nothing to replay.
+        // open has nothing to replay. On a low disk nothing is sealed: the journal
+        // already holds everything, and the next open replays it.
+        self.guard.refresh_if_stale();
+        if self.guard.is_low() || !self.headroom() {
+            self.abort_checkpoint();
+            tracing::info!(
+                "store writer stopped; disk low, so nothing was sealed (the journal keeps it)"
+            );
+            return;
+        }
         self.release_held_logged();
         while self.sealing_pending() {
             self.seal_step_logged(Duration::from_secs(3600));
         }
-        if self.store.fresh_unsealed() > 0 {
+        // Device records changed while the disk was low live only in memory: write them.
+        if self.store.fresh_unsealed() > 0 || !self.store.live().dirty.is_empty() {
             self.start_checkpoint_logged();
             while self.sealing_pending() {
                 self.seal_step_logged(Duration::from_secs(3600));
@@ -279,7 +328,9 @@ impl Writer {
 
     fn commit(&mut self, batch: &[WriteReq]) -> Result<(), StoreError> {
         let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
+        let started = Instant::now();
         self.journal.append_refs(&ops)?;
+        METRICS.commit(batch.len(), started.elapsed());
         let mut live = self.store.live_mut();
         for op in ops {
             self.store.apply(&mut live, op);
@@ -287,11 +338,89 @@ impl Writer {
         Ok(())
     }
 
-    fn checkpoint_due(&self) -> bool {
+    /// A batch while the disk guard is low: nothing is journaled. Positions and events
+    /// are refused, and their connections' durability fails (so nothing after them is
+    /// answered and the device sends them again on a new connection); sessions check the
+    /// guard first, so only requests that were already queued when it turned low get
+    /// here. Status requests (logins, heartbeats, information reports) are applied to
+    /// memory and marked, so devices keep being answered; the next checkpoint after the
+    /// disk recovers writes the device records they changed.
+    fn commit_low(&mut self, batch: &[WriteReq]) {
+        let mut live = self.store.live_mut();
+        for req in batch {
+            let refused = match &req.op {
+                Op::Position { .. } => Some(Refused::Position),
+                Op::Event { .. } => Some(Refused::Event),
+                Op::Seen { .. } | Op::Info { .. } => None,
+            };
+            match (refused, &req.ack) {
+                (Some(kind), ack) => {
+                    METRICS.write_refused(kind);
+                    if let Some((d, _)) = ack {
+                        d.fail(self.guard.level().reason());
+                    }
+                }
+                (None, ack) => {
+                    self.store.apply(&mut live, &req.op);
+                    if let Some((d, seq)) = ack {
+                        d.mark(*seq);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the checkpoint under way (the disk turned low, or sealing failed): what was
+    /// not sealed goes back to the fresh tails, so the next checkpoint seals it, and the
+    /// journal segments it came from are kept until then.
+    fn abort_checkpoint(&mut self) {
+        if self.checkpoint.take().is_none() {
+            return;
+        }
+        self.store.gate().end_checkpoint();
+        let mut live = self.store.live_mut();
+        unseal_rest(&mut live);
+        tracing::warn!("checkpoint stopped: the disk is low; the journal keeps the data");
+    }
+
+    fn checkpoint_due(&mut self) -> bool {
+        if self.guard.is_low() {
+            return false;
+        }
         let unsealed = self.store.fresh_unsealed();
-        unsealed >= self.opts.checkpoint_positions
+        let due = unsealed >= self.opts.checkpoint_positions
             || self.journal.len() >= self.opts.checkpoint_journal_bytes
-            || (unsealed > 0 && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
+            || (unsealed > 0 && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
+        if due && !self.headroom() {
+            // Try again in about a second (the interval test comes due then).
+            self.last_checkpoint = Instant::now()
+                .checked_sub(
+                    self.opts
+                        .checkpoint_interval
+                        .saturating_sub(Duration::from_secs(1)),
+                )
+                .unwrap_or_else(Instant::now);
+            return false;
+        }
+        due
+    }
+
+    /// Whether there is room for a checkpoint: sled 0.34, once a write of its own fails
+    /// for lack of space, refuses every later write until it is reopened (the process
+    /// restarts), so a checkpoint starts only with room for what it writes (twice the
+    /// journal it seals, plus [`CHECKPOINT_HEADROOM`]), whatever `store.min_free_*` say.
+    fn headroom(&mut self) -> bool {
+        let need = CHECKPOINT_HEADROOM.saturating_add(self.journal.len().saturating_mul(2));
+        let ok = self.guard.free_now().is_none_or(|free| free >= need);
+        if ok != self.headroom_ok {
+            self.headroom_ok = ok;
+            if ok {
+                tracing::info!("room for checkpoints again");
+            } else {
+                tracing::warn!(need_mib = need >> 20, "checkpoints wait: too little free space to seal safely; the journal keeps taking data");
+            }
+        }
+        ok
     }
 
     fn sealing_pending(&self) -> bool {
@@ -337,6 +466,9 @@ impl Writer {
             }
             Err(e) => {
                 self.store.gate().end_checkpoint();
+                if matches!(e, StoreError::DiskFull) {
+                    self.guard.disk_full();
+                }
                 tracing::error!(reason = e.reason(), error = %e, "cannot start a checkpoint")
             }
         }
@@ -355,9 +487,16 @@ impl Writer {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(reason = e.reason(), error = %e, "sealing failed; the journal keeps the data");
+                if matches!(e, StoreError::DiskFull) {
+                    self.guard.disk_full();
+                }
                 if let Some(c) = self.checkpoint.as_mut() {
                     c.failed = true;
                 }
+                // Devices this step did not reach must not stay in the sealing set: the
+                // next checkpoint replaces that set, and would then retire the journal
+                // segments that still hold them.
+                unseal_rest(&mut self.store.live_mut());
                 true
             }
         };
@@ -370,6 +509,9 @@ impl Writer {
             .fetch_add(us, Ordering::Relaxed);
         if done {
             if let Err(e) = self.finish_checkpoint() {
+                if matches!(e, StoreError::DiskFull) {
+                    self.guard.disk_full();
+                }
                 tracing::error!(reason = e.reason(), error = %e, "checkpoint not completed; the journal keeps the data");
             }
             self.store.gate().end_checkpoint();
@@ -393,14 +535,23 @@ impl Writer {
             }
             let mut all = Vec::with_capacity(imeis.len());
             for imei in &imeis {
+                // A device whose small blocks are due for a merge costs milliseconds, so
+                // the budget is checked per device, not only per step.
+                if !all.is_empty() && started.elapsed() >= budget {
+                    break;
+                }
                 let Some(mut tail) = live.sealing.remove(imei) else {
                     continue;
                 };
                 let positions = tail.take_all();
                 match seal_ops(&live, *imei, positions, |i, f| self.store.read_block(i, f)) {
                     Ok(ops) => all.push(ops),
-                    Err(e) => {
-                        // Stays in the journal; the next checkpoint tries again.
+                    Err((e, kept)) => {
+                        // Back to the fresh tails (readers keep seeing them, the next
+                        // checkpoint tries again, and its journal segments stay).
+                        for p in kept {
+                            live.insert(*imei, p);
+                        }
                         tracing::error!(imei, error = %e, "cannot seal a device's positions");
                         if let Some(c) = self.checkpoint.as_mut() {
                             c.failed = true;
@@ -456,6 +607,8 @@ impl Writer {
         }
         self.journal.remove(&c.old_segments)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // The sealing set and the blocks encoded from it were just freed.
+        super::memory::trim();
         tracing::debug!(
             positions = c.positions,
             blocks = c.blocks,
@@ -502,6 +655,15 @@ impl Writer {
             tracing::info!(blocks = dropped, "retention dropped old blocks");
         }
         Ok(())
+    }
+}
+
+/// Moves every tail of the sealing set back to the fresh tails.
+fn unseal_rest(live: &mut Live) {
+    for (imei, mut tail) in std::mem::take(&mut live.sealing) {
+        for p in tail.take_all() {
+            live.insert(imei, p);
+        }
     }
 }
 
@@ -562,13 +724,15 @@ fn utc_day(t_ms: i64) -> i64 {
 /// Plans the sealing of `tail` (sorted, one per fix time) for `imei`: a tail that overlaps
 /// sealed blocks is merged with them (the sealed position wins a tie); one that completes
 /// a run of small blocks of the same day is merged with the run; the result is cut at UTC
-/// day boundaries and into blocks of at most [`BLOCK_MAX`].
+/// day boundaries and into blocks of at most [`BLOCK_MAX`]. When a block cannot be read,
+/// the error comes back with `tail`, untouched.
+#[allow(clippy::type_complexity)]
 pub(crate) fn seal_ops(
     live: &Live,
     imei: u64,
     tail: Vec<PositionRecord>,
     read: impl Fn(u64, i64) -> Result<Vec<PositionRecord>, StoreError>,
-) -> Result<SealOps, StoreError> {
+) -> Result<SealOps, (StoreError, Vec<PositionRecord>)> {
     let (Some(first), Some(last)) = (
         tail.first().map(|p| p.time_ms),
         tail.last().map(|p| p.time_ms),
@@ -588,7 +752,10 @@ pub(crate) fn seal_ops(
     let merged = if !overlapping.is_empty() {
         let mut sealed = Vec::new();
         for m in overlapping {
-            sealed.extend(read(imei, m.first_ms)?);
+            match read(imei, m.first_ms) {
+                Ok(v) => sealed.extend(v),
+                Err(e) => return Err((e, tail)),
+            }
             remove.push(m.first_ms);
         }
         merge_unique(sealed, tail)
@@ -606,7 +773,10 @@ pub(crate) fn seal_ops(
         if run.len() + 1 >= MERGE_FANIN && run_total + tail.len() <= BLOCK_MAX {
             let mut v = Vec::with_capacity(run_total + tail.len());
             for m in run.iter().rev() {
-                v.extend(read(imei, m.first_ms)?);
+                match read(imei, m.first_ms) {
+                    Ok(r) => v.extend(r),
+                    Err(e) => return Err((e, tail)),
+                }
                 remove.push(m.first_ms);
             }
             v.extend(tail);

@@ -5,6 +5,7 @@ mod api;
 mod backup;
 mod decode;
 mod device_time;
+mod disk;
 mod doctor;
 mod durability;
 mod harness;
