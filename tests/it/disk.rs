@@ -436,9 +436,9 @@ fn a_completely_full_disk_keeps_the_server_up_and_loses_nothing_answered() {
     }
     assert_eq!(stored_times(&g, imei), sorted(acked.clone()));
 
-    // Again, leaving one page: positions now and then until the journal finds the disk
+    // Again, leaving three pages: positions now and then until the journal finds the disk
     // full. Checkpoints (due every second) wait meanwhile: too little room to seal.
-    fill(&fs.dir.join("filler"), 4096);
+    fill(&fs.dir.join("filler"), 3 * 4096);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut d = Some(d);
     while Instant::now() < deadline && g.get("/health/ready").0 == 200 {
