@@ -218,6 +218,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
             notifier.clone(),
             every,
             writer_thread.clone(),
+            store.clone(),
             watchdog_cancel.clone(),
         ))
     });
@@ -316,6 +317,7 @@ async fn watchdog(
     notifier: Notifier,
     every: Duration,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    store: gt06::store::Store,
     cancel: CancellationToken,
 ) {
     tracing::info!(every_ms = every.as_millis() as u64, "watchdog pings on");
@@ -331,6 +333,13 @@ async fn watchdog(
             .unwrap_or(false);
         if !alive {
             tracing::error!("store writer has stopped: no more watchdog pings");
+            return;
+        }
+        // Stuck checkpoints with room on the disk mean sled refuses writes until it is
+        // reopened: let systemd restart us (the journal replays). While the disk is still
+        // low a restart would not help, so keep running and keep answering.
+        if let (Some(n), None) = (store.checkpoints_failing(), store.disk().problem()) {
+            tracing::error!(failed_in_a_row = n, "checkpoints keep failing with free disk space: no more watchdog pings, so systemd restarts gt06");
             return;
         }
         notify(&notifier, "WATCHDOG=1");

@@ -289,6 +289,13 @@ fn ready(app: &App) -> Response<Body> {
     if let Some((reason, message)) = app.store.disk().problem() {
         failing.push(serde_json::json!({"check": "disk", "reason": reason, "message": message}));
     }
+    if let Some(n) = app.store.checkpoints_failing() {
+        failing.push(serde_json::json!({
+            "check": "checkpoint",
+            "reason": "checkpoints_failing",
+            "message": format!("{n} checkpoints in a row failed; the journal holds the data; a restart (with free disk space) clears it"),
+        }));
+    }
     if failing.is_empty() {
         json_response(
             StatusCode::OK,

@@ -21,6 +21,9 @@ pub mod guard;
 pub mod journal;
 pub mod keys;
 pub mod memory;
+
+/// Failed checkpoints in a row after which the store counts as stuck.
+pub const CHECKPOINT_FAILURES_STUCK: u32 = 3;
 pub mod sledfile;
 pub mod tail;
 pub mod writer;
@@ -147,6 +150,8 @@ struct Inner {
     gate: freeze::Gate,
     /// Free space of the data directory: the writer and sessions consult it.
     guard: Arc<guard::DiskGuard>,
+    /// Checkpoints that failed since the last one that completed (the writer counts).
+    checkpoint_failures: std::sync::atomic::AtomicU32,
 }
 
 /// Read access to the store, cheap to clone.
@@ -250,6 +255,7 @@ impl Store {
             gate: freeze::Gate::default(),
             db,
             guard: Arc::new(guard::DiskGuard::new(data_dir)),
+            checkpoint_failures: Default::default(),
         };
         let store = Store {
             inner: Arc::new(inner),
@@ -529,6 +535,28 @@ impl Store {
         &self.inner.guard
     }
 
+    /// Checkpoints failed in a row, when that looks like more than a passing problem.
+    /// sled 0.34 refuses every write after one of its own writes failed (a full disk
+    /// does that), and only reopening clears it: the journal keeps everything, but
+    /// nothing is sealed and memory grows until the process restarts. Reported on
+    /// `/health/ready`; the systemd watchdog stops pinging on it so the unit restarts.
+    pub fn checkpoints_failing(&self) -> Option<u32> {
+        let n = self
+            .inner
+            .checkpoint_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (n >= CHECKPOINT_FAILURES_STUCK).then_some(n)
+    }
+
+    pub(crate) fn checkpoint_result(&self, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ok {
+            self.inner.checkpoint_failures.store(0, Relaxed);
+        } else {
+            self.inner.checkpoint_failures.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Server time (ms) of the newest position received, over every device.
     pub fn newest_received_ms(&self) -> Option<i64> {
         let live = self.live();
@@ -719,6 +747,23 @@ mod tests {
         let d = std::env::temp_dir().join(format!("gt06-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn checkpoints_count_as_failing_only_after_several_in_a_row() {
+        let dir = tempdir("ckfail");
+        let store = Store::open(&dir, OpenOptions::default()).unwrap().store;
+        assert_eq!(store.checkpoints_failing(), None);
+        for _ in 1..CHECKPOINT_FAILURES_STUCK {
+            store.checkpoint_result(false);
+        }
+        assert_eq!(store.checkpoints_failing(), None, "one-off failures are not stuck");
+        store.checkpoint_result(false);
+        assert_eq!(store.checkpoints_failing(), Some(CHECKPOINT_FAILURES_STUCK));
+        store.checkpoint_result(true);
+        assert_eq!(store.checkpoints_failing(), None, "a completed checkpoint clears it");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A store exactly as the foundation wrote it: format 1, one key per position.

@@ -469,6 +469,7 @@ impl Writer {
                 if matches!(e, StoreError::DiskFull) {
                     self.guard.disk_full();
                 }
+                self.store.checkpoint_result(false);
                 tracing::error!(reason = e.reason(), error = %e, "cannot start a checkpoint")
             }
         }
@@ -508,7 +509,9 @@ impl Writer {
             .checkpoint_us_total
             .fetch_add(us, Ordering::Relaxed);
         if done {
-            if let Err(e) = self.finish_checkpoint() {
+            let result = self.finish_checkpoint();
+            self.store.checkpoint_result(result.is_ok());
+            if let Err(e) = result {
                 if matches!(e, StoreError::DiskFull) {
                     self.guard.disk_full();
                 }
