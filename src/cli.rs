@@ -26,8 +26,15 @@ pub enum Command {
     /// Pre-maintenance checklist (store, disk, memory, ports, clock, last position, backup);
     /// exit 0 when nothing fails, 1 when a check fails, 2 on bad config.
     Doctor(DoctorArgs),
-    /// Check a store's integrity (stop the service first); exit 1 if anything is damaged.
+    /// Check a store's integrity (stop the service first), or a backup directory; exit 1
+    /// if anything is damaged.
     Verify(VerifyArgs),
+    /// Consistent backup of a store, from the running server (devices keep being answered)
+    /// or, with none running, from the store itself; exit 2 if DIR is not new or empty.
+    Backup(BackupArgs),
+    /// Restore a backup into a data dir (the server stopped); exit 2 if DIR holds data and
+    /// --force is not given.
+    Restore(RestoreArgs),
     /// Benchmark the store: write a synthetic fleet into an empty DIR, measure, print JSON.
     BenchStore(BenchStoreArgs),
 }
@@ -37,6 +44,35 @@ pub struct VerifyArgs {
     /// Directory holding the store.
     #[arg(long, value_name = "DIR", default_value = "./gt06-data")]
     pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// New or empty directory to write the backup to.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Config file (TOML) naming the data dir; without it the embedded defaults are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the store (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Backup directory (made by `gt06 backup`).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Data dir to restore into: new or empty, or an old store replaced with --force.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Config file (TOML) naming the data dir.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Replace the store already in the data dir.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -32,6 +32,8 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Backup(args) => gt06::ops::backup::backup_main(&args),
+        Command::Restore(args) => gt06::ops::backup::restore_main(&args),
         Command::Verify(args) => match gt06::ops::verify::main(&args.data_dir) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
@@ -44,7 +46,9 @@ fn main() -> ExitCode {
             eprintln!("gt06: {e:#}");
             // Bad configuration is the operator's to fix (2); everything else is a
             // runtime failure (1).
-            if e.downcast_ref::<ConfigError>().is_some() {
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<gt06::ops::backup::UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -217,6 +221,22 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         },
     )
     .context("cannot start the store writer")?;
+    // Online backups: `gt06 backup` asks over DATA_DIR/control.sock. Without it the
+    // server still runs; only an offline backup is possible.
+    let control_cancel = CancellationToken::new();
+    let control_tasks = TaskTracker::new();
+    let control_task = match gt06::ops::control::bind(&s.data_dir) {
+        Ok(l) => Some(tokio::spawn(gt06::ops::control::serve(
+            l,
+            store.clone(),
+            control_cancel.clone(),
+            control_tasks.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: online backups are not possible");
+            None
+        }
+    };
     let tcp_addr = tcp.local_addr()?;
     let http_addr = http.local_addr()?;
     write_ports(&s.data_dir, tcp_addr, http_addr)?;
@@ -279,6 +299,20 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
     notify(&notifier, "STOPPING=1");
     tracing::info!("shutting down: no new connections");
     cancel.cancel();
+    // A backup under way stops (its client sees an incomplete dump), so the writer can
+    // seal at its final checkpoint.
+    control_cancel.cancel();
+    if let Some(t) = control_task {
+        let _ = t.await;
+    }
+    control_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(40), control_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a backup export did not stop within 40 s");
+    }
+    let _ = std::fs::remove_file(gt06::ops::control::socket_path(&s.data_dir));
     let _ = ingest_task.await;
     sessions.close();
     if tokio::time::timeout(Duration::from_secs(10), sessions.wait())

@@ -6,7 +6,9 @@
 //! This room reports; it never changes the store's contents (verify opens it like the
 //! server does; the benchmark writes only into its own empty directory).
 
+pub mod backup;
 pub mod bench_store;
+pub mod control;
 pub mod decode;
 pub mod doctor;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! `gt06 verify`: opens a store (with the service stopped), checks every block's checksum,
 //! the block index, and that no fix time is stored twice, and says what is damaged by
 //! device and time range. Exit 0 when clean, 1 when anything is damaged or unreadable.
+//! Given a backup directory (`manifest.json`, no `db/`), it checks the backup instead.
 
 use crate::http::json::rfc3339;
 use crate::store::{OpenOptions, Store};
@@ -8,6 +9,9 @@ use anyhow::Context;
 use std::path::Path;
 
 pub fn main(data_dir: &Path) -> anyhow::Result<bool> {
+    if !data_dir.join("db").exists() && data_dir.join(super::backup::MANIFEST_FILE).exists() {
+        return super::backup::verify_backup(data_dir);
+    }
     anyhow::ensure!(
         data_dir.join("db").is_dir(),
         "no store at {} (expected {}/db)",

@@ -240,9 +240,35 @@ fn replay_segment(
     apply: &mut impl FnMut(Vec<Op>),
     batches: &mut usize,
 ) -> Result<(u64, u64, usize), StoreError> {
+    scan_segment(
+        path,
+        u64::MAX,
+        &mut |payload| match bincode::serde::decode_from_slice::<Vec<Op>, _>(
+            payload,
+            bincode::config::standard(),
+        ) {
+            Ok((ops, _)) => {
+                *batches += 1;
+                apply(ops);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        },
+    )
+}
+
+/// Reads the records of one segment within its first `limit` bytes, checking each one's
+/// checksum, and hands each payload (bincode of `Vec<Op>`) to `f`, which answers false for
+/// a payload it cannot use. Stops at the first bad record. Returns (bytes up to the last
+/// good record, bytes considered, number of bad records seen).
+pub fn scan_segment(
+    path: &Path,
+    limit: u64,
+    f: &mut impl FnMut(&[u8]) -> Result<bool, StoreError>,
+) -> Result<(u64, u64, usize), StoreError> {
     let file = File::open(path)?;
-    let total = file.metadata()?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    let total = file.metadata()?.len().min(limit);
+    let mut r = BufReader::with_capacity(1 << 20, file.take(total));
     let mut magic = [0u8; 8];
     if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
         return Ok((0, total, 1));
@@ -263,16 +289,16 @@ fn replay_segment(
         if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
             return Ok((good, total, 1));
         }
-        match bincode::serde::decode_from_slice::<Vec<Op>, _>(&payload, bincode::config::standard())
-        {
-            Ok((ops, _)) => {
-                *batches += 1;
-                apply(ops);
-            }
-            Err(_) => return Ok((good, total, 1)),
+        if !f(&payload)? {
+            return Ok((good, total, 1));
         }
         good += 8 + len as u64;
     }
+}
+
+/// The segments in `dir`, oldest first.
+pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    Ok(segments(dir)?.into_iter().map(|(_, p)| p).collect())
 }
 
 #[cfg(test)]

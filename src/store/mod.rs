@@ -13,8 +13,10 @@
 //! **Architecture invariant:** nothing outside this room names a sled type, and only the
 //! [`writer`] thread writes. Reads ([`Store`]) may run anywhere, concurrently.
 
+pub mod backup;
 pub mod block;
 pub mod codec;
+pub mod freeze;
 pub mod guard;
 pub mod journal;
 pub mod keys;
@@ -143,6 +145,9 @@ struct Inner {
     devices: sled::Tree,
     live: RwLock<Live>,
     db_file: PathBuf,
+    journal_dir: PathBuf,
+    /// Lets a backup hold sled still while commits go on ([`freeze`]).
+    gate: freeze::Gate,
     /// Free space of the data directory: the writer and sessions consult it.
     guard: Arc<guard::DiskGuard>,
     /// Checkpoints that failed since the last one that completed (the writer counts).
@@ -246,6 +251,8 @@ impl Store {
             devices: tree("devices")?,
             live: RwLock::new(Live::default()),
             db_file: path.join("db"),
+            journal_dir: data_dir.join("journal"),
+            gate: freeze::Gate::default(),
             db,
             guard: Arc::new(guard::DiskGuard::new(data_dir)),
             checkpoint_failures: Default::default(),
@@ -326,7 +333,11 @@ impl Store {
             Op::Event { imei, event } => {
                 device_entry(live, *imei, event.received_ms);
                 let key = keys::event(*imei, event.time_ms, writer::discriminator(event));
-                if let Err(e) = self.inner.events.insert(key, codec::encode(event)) {
+                if let Err(e) = self
+                    .inner
+                    .gate
+                    .put_event(&self.inner.events, key.to_vec(), event)
+                {
                     tracing::error!(error = %e, "event not written to the events tree");
                 }
             }
@@ -459,26 +470,44 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
         let mut out = Vec::new();
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match imei {
-            Some(imei) => Box::new(
-                self.inner
-                    .events
-                    .range(keys::event(imei, from_ms, 0)..keys::event(imei, to_ms, 0)),
+        let (lo, hi) = match imei {
+            Some(imei) => (
+                keys::event(imei, from_ms, 0).to_vec(),
+                Some(keys::event(imei, to_ms, 0).to_vec()),
             ),
+            None => (Vec::new(), None),
+        };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match &hi {
+            Some(hi) => Box::new(self.inner.events.range(lo.as_slice()..hi.as_slice())),
             None => Box::new(self.inner.events.iter()),
         };
         for item in iter {
             let (k, v) = item?;
             if let Some((imei, t)) = keys::split_time_key(&k) {
                 if t >= from_ms && t < to_ms {
-                    out.push((imei, codec::decode(&v)?));
+                    out.push((k.to_vec(), imei, codec::decode(&v)?));
                     if out.len() >= limit {
                         break;
                     }
                 }
             }
         }
-        Ok(out)
+        // Events committed during a backup wait in the freeze gate; the first `limit` of
+        // the union are among the first `limit` from sled plus those.
+        let held = self.inner.gate.held_events(&lo, hi.as_deref());
+        if !held.is_empty() {
+            for (k, e) in held {
+                if let Some((imei, t)) = keys::split_time_key(&k) {
+                    if t >= from_ms && t < to_ms {
+                        out.push((k, imei, e));
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out.dedup_by(|a, b| a.0 == b.0);
+            out.truncate(limit);
+        }
+        Ok(out.into_iter().map(|(_, imei, e)| (imei, e)).collect())
     }
 
     /// Positions stored (sealed and unsealed). A re-sent position is counted twice until
@@ -648,6 +677,15 @@ impl Store {
             "migrated a foundation-format store to blocks"
         );
         Ok(moved)
+    }
+
+    pub(crate) fn gate(&self) -> &freeze::Gate {
+        &self.inner.gate
+    }
+
+    /// After a backup's freeze, moves the events it held into sled. Writer thread only.
+    pub(crate) fn release_held_events(&self) -> Result<usize, StoreError> {
+        self.inner.gate.release_held(&self.inner.events)
     }
 
     pub(crate) fn trees(&self) -> (&sled::Tree, &sled::Tree, &sled::Tree) {

@@ -291,6 +291,9 @@ impl Writer {
                     .ops
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
+                if !self.guard.is_low() {
+                    self.release_held_logged();
+                }
             } else {
                 self.guard.refresh_if_stale();
             }
@@ -315,6 +318,7 @@ impl Writer {
             );
             return;
         }
+        self.release_held_logged();
         while self.sealing_pending() {
             self.seal_step_logged(Duration::from_secs(3600));
         }
@@ -379,6 +383,7 @@ impl Writer {
         if self.checkpoint.take().is_none() {
             return;
         }
+        self.store.gate().end_checkpoint();
         let mut live = self.store.live_mut();
         unseal_rest(&mut live);
         tracing::warn!("checkpoint stopped: the disk is low; the journal keeps the data");
@@ -432,6 +437,24 @@ impl Writer {
     /// new positions go to fresh tails, and new batches to a new journal segment. The
     /// older segments are deleted once the whole set is sealed and sled is durable.
     fn start_checkpoint_logged(&mut self) {
+        if !self.store.gate().begin_checkpoint() {
+            // A backup holds sled still; look again in a second, not in a whole interval.
+            let again = self
+                .opts
+                .checkpoint_interval
+                .saturating_sub(Duration::from_secs(1));
+            self.last_checkpoint = Instant::now()
+                .checked_sub(again)
+                .unwrap_or_else(Instant::now);
+            return;
+        }
+        // Events held during a backup go to sled before any segment holding them can go.
+        if let Err(e) = self.store.release_held_events() {
+            self.store.gate().end_checkpoint();
+            tracing::error!(reason = e.reason(), error = %e, "checkpoint put off: events held during a backup cannot be written to sled");
+            self.last_checkpoint = Instant::now();
+            return;
+        }
         match self.journal.rotate() {
             Ok(old) => {
                 let mut live = self.store.live_mut();
@@ -448,6 +471,7 @@ impl Writer {
                 });
             }
             Err(e) => {
+                self.store.gate().end_checkpoint();
                 if matches!(e, StoreError::DiskFull) {
                     self.guard.disk_full();
                 }
@@ -456,6 +480,12 @@ impl Writer {
             }
         }
         self.last_checkpoint = Instant::now();
+    }
+
+    fn release_held_logged(&mut self) {
+        if let Err(e) = self.store.release_held_events() {
+            tracing::error!(reason = e.reason(), error = %e, "events held during a backup not yet written to sled; the journal keeps them");
+        }
     }
 
     fn seal_step_logged(&mut self, budget: Duration) {
@@ -493,6 +523,7 @@ impl Writer {
                 }
                 tracing::error!(reason = e.reason(), error = %e, "checkpoint not completed; the journal keeps the data");
             }
+            self.store.gate().end_checkpoint();
         }
     }
 

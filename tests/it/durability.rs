@@ -12,9 +12,9 @@ use std::time::Duration;
 /// Seals every 1000 positions or every second, so kills often land during sealing.
 const BUSY_CONFIG: &str = "[store]\ncheckpoint_positions = 1000\ncheckpoint_interval_secs = 1\n";
 const DEVICES: u64 = 4;
-const START_S: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+pub(crate) const START_S: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
-fn fix(t_s: i64, k: u64) -> Gps {
+pub(crate) fn fix(t_s: i64, k: u64) -> Gps {
     Gps {
         time: Some(DeviceTime::from_unix_ms_utc(t_s * 1000)),
         satellites: 9,
@@ -117,7 +117,7 @@ fn run_device(
     }
 }
 
-fn stored_times(g: &Gt06, imei: Imei) -> Vec<i64> {
+pub(crate) fn stored_times(g: &Gt06, imei: Imei) -> Vec<i64> {
     let mut out = Vec::new();
     let mut from = String::from("1970-01-01T00:00:00Z");
     for _ in 0..100 {

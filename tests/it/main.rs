@@ -2,6 +2,7 @@
 //! over TCP as trackers do and over HTTP as the map and scripts do.
 
 mod api;
+mod backup;
 mod decode;
 mod device_time;
 mod disk;
