@@ -736,6 +736,7 @@ mod tests {
             status: Status::default(),
             kind: Some(AlarmKind::Sos),
             cell: None,
+            media_files: None,
         });
         let ops = ops_for(1, &msg, NOW, 0);
         assert!(
