@@ -2,7 +2,7 @@
 //!
 //! Why compact: the fewer checkpoints, the fewer sled writes (which is what makes sled
 //! grow on disk and in memory), so the store holds millions of unsealed positions. A
-//! [`PositionRecord`] is 168 bytes; a [`Row`] is 40, with the cell id in a per-device
+//! [`PositionRecord`] is 192 bytes; a [`Row`] is 40, with the cell id in a per-device
 //! dictionary (it changes every few minutes) and rare fields boxed.
 
 use super::codec::{LbsRecord, PositionRecord};
@@ -242,6 +242,11 @@ mod tests {
             driving_time_s: Some(7_200),
             engine_time_s: Some(u32::MAX),
         }
+    }
+
+    #[test]
+    fn records_are_the_size_the_module_doc_says() {
+        assert_eq!(std::mem::size_of::<PositionRecord>(), 192);
     }
 
     #[test]
