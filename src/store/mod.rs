@@ -741,11 +741,19 @@ mod tests {
         for _ in 1..CHECKPOINT_FAILURES_STUCK {
             store.checkpoint_result(false);
         }
-        assert_eq!(store.checkpoints_failing(), None, "one-off failures are not stuck");
+        assert_eq!(
+            store.checkpoints_failing(),
+            None,
+            "one-off failures are not stuck"
+        );
         store.checkpoint_result(false);
         assert_eq!(store.checkpoints_failing(), Some(CHECKPOINT_FAILURES_STUCK));
         store.checkpoint_result(true);
-        assert_eq!(store.checkpoints_failing(), None, "a completed checkpoint clears it");
+        assert_eq!(
+            store.checkpoints_failing(),
+            None,
+            "a completed checkpoint clears it"
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
