@@ -6,7 +6,8 @@ use super::json::{degrees, rfc3339};
 use crate::store::PositionRecord;
 use std::fmt::Write;
 
-/// GPX 1.1: one track, one segment, a point per position with its time and satellites.
+/// GPX 1.1: one track, one segment, a point per position with its altitude (when the
+/// device sent one), time and satellites.
 pub fn gpx(imei: &str, positions: &[PositionRecord]) -> String {
     let mut out = String::with_capacity(128 + positions.len() * 120);
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -15,11 +16,19 @@ pub fn gpx(imei: &str, positions: &[PositionRecord]) -> String {
     );
     let _ = writeln!(out, "<trk><name>{imei}</name><trkseg>");
     for p in positions {
+        let _ = write!(
+            out,
+            "<trkpt lat=\"{}\" lon=\"{}\">",
+            degrees(p.lat_raw),
+            degrees(p.lon_raw)
+        );
+        // GPX orders a point's children: elevation comes before time.
+        if let Some(alt) = p.altitude_m {
+            let _ = write!(out, "<ele>{alt}</ele>");
+        }
         let _ = writeln!(
             out,
-            "<trkpt lat=\"{}\" lon=\"{}\"><time>{}</time><sat>{}</sat></trkpt>",
-            degrees(p.lat_raw),
-            degrees(p.lon_raw),
+            "<time>{}</time><sat>{}</sat></trkpt>",
             rfc3339(p.time_ms),
             p.satellites
         );
@@ -115,5 +124,10 @@ mod tests {
         let out = gpx("1", &[p(0, 1_800_000, 0), p(1000, 0, 0)]);
         assert_eq!(out.matches("<trkpt ").count(), 2);
         assert!(out.contains("<trkpt lat=\"1\" lon=\"0\"><time>1970-01-01T00:00:00.000Z</time>"));
+        let high = PositionRecord {
+            altitude_m: Some(-31),
+            ..p(0, 0, 0)
+        };
+        assert!(gpx("1", &[high]).contains("lon=\"0\"><ele>-31</ele><time>"));
     }
 }

@@ -41,6 +41,12 @@ pub struct Position {
     pub temperature_c: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub altitude_m: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driving_time_s: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_time_s: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -75,6 +81,16 @@ pub struct Status {
     pub battery_v: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub humidity_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub door_open: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_temperature_c: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iccid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,6 +166,9 @@ impl From<&PositionRecord> for Position {
             battery_v: p.battery_mv.map(millis),
             temperature_c: p.temperature_dc.map(tenths),
             driver_id: p.driver_id.clone(),
+            altitude_m: p.altitude_m,
+            driving_time_s: p.driving_time_s,
+            engine_time_s: p.engine_time_s,
         }
     }
 }
@@ -168,6 +187,11 @@ fn status(s: Option<&StatusRecord>, d: &DeviceRecord) -> Status {
             power_v: s.power_mv.map(millis),
             battery_v: s.battery_mv.map(millis),
             temperature_c: s.temperature_dc.map(tenths),
+            humidity_pct: s.humidity_dpct.map(|h| f64::from(h) / 10.0),
+            door_open: s.door_open,
+            network: s.network_gen.map(|g| format!("{g}G")),
+            steps: s.steps,
+            tag_temperature_c: s.tag_temperature_dc.map(tenths),
             ..Status::default()
         },
         None => Status::default(),

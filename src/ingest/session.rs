@@ -517,6 +517,20 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
                     },
                 });
             }
+            // The recordings a dash-cam made of the alarm: what happened, so an event.
+            if let Some(files) = &alarm.media_files {
+                ops.push(Op::Event {
+                    imei,
+                    event: EventRecord {
+                        time_ms: pos.as_ref().map_or(now, |p| p.time_ms),
+                        received_ms: now,
+                        kind: "media_files".to_string(),
+                        lat_raw: pos.as_ref().map(|p| p.lat_raw),
+                        lon_raw: pos.as_ref().map(|p| p.lon_raw),
+                        text: Some(files.clone()),
+                    },
+                });
+            }
             if let Some(pos) = pos {
                 ops.push(Op::Position { imei, pos });
             }
@@ -531,6 +545,10 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
                 battery_percent: info.battery_pct,
                 temperature_dc: info.temperature_dc,
                 iccid: info.iccid.clone(),
+                door_open: info.door_open,
+                humidity_dpct: info.humidity_dpct,
+                network_gen: info.network.and_then(network_gen),
+                tag_temperature_dc: info.tag_temperature_dc,
             }];
             // Text and driver ids have no place in the device's status: they are things
             // that happened (a serial device answered, a card was presented), so they
@@ -617,8 +635,16 @@ fn position_record(
         power_mv: loc.power_mv,
         battery_mv: loc.battery_mv,
         temperature_dc: loc.temperature_dc,
+        altitude_m: loc.altitude_m,
+        driving_time_s: loc.driving_time_s,
+        engine_time_s: loc.engine_time_s,
         ..PositionRecord::default()
     }
+}
+
+/// "2G"/"3G"/"4G" → 2/3/4.
+fn network_gen(name: &str) -> Option<u8> {
+    name.strip_suffix('G')?.parse().ok()
 }
 
 fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
@@ -634,6 +660,8 @@ fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
         power_mv: st.power_mv,
         battery_mv: st.battery_mv,
         temperature_dc: st.temperature_dc,
+        steps: st.steps,
+        ..StatusRecord::default()
     }
 }
 
@@ -805,6 +833,7 @@ mod tests {
             status: Status::default(),
             kind: Some(AlarmKind::Sos),
             cell: None,
+            media_files: None,
         });
         let ops = ops_for(1, &msg, NOW, 0);
         assert!(

@@ -325,6 +325,7 @@ fn status_fields(st: &Status, out: &mut Vec<(&'static str, Value)>) {
     opt(out, "power_v", volts(st.power_mv));
     opt(out, "battery_v", volts(st.battery_mv));
     opt(out, "temperature_c", celsius(st.temperature_dc));
+    opt(out, "steps", st.steps);
 }
 
 /// The device's fix time as the API shows it (read as UTC), or why it is not believed.
@@ -356,6 +357,8 @@ fn location_fields(loc: &Location, now_ms: i64, out: &mut Vec<(&'static str, Val
     opt(out, "lbs", loc.lbs.as_ref().map(lbs_value));
     opt(out, "reupload", loc.reupload);
     opt(out, "altitude_m", loc.altitude_m);
+    opt(out, "driving_time_s", loc.driving_time_s);
+    opt(out, "engine_time_s", loc.engine_time_s);
     opt(out, "power_v", volts(loc.power_mv));
     opt(out, "battery_v", volts(loc.battery_mv));
     opt(out, "temperature_c", celsius(loc.temperature_dc));
@@ -368,6 +371,7 @@ fn alarm_fields(a: &Alarm, now_ms: i64, out: &mut Vec<(&'static str, Value)>) {
         location_fields(loc, now_ms, out);
     }
     opt(out, "lbs", a.cell.as_ref().map(lbs_value));
+    opt(out, "media_files", a.media_files.clone());
     let mut status = Vec::new();
     status_fields(&a.status, &mut status);
     // Location fields win where both say something (e.g. an explicit ACC byte).
@@ -433,6 +437,7 @@ fn info_fields(i: &Info, out: &mut Vec<(&'static str, Value)>) {
         "humidity_pct",
         i.humidity_dpct.map(|h| f64::from(h) / 10.0),
     );
+    opt(out, "tag_temperature_c", celsius(i.tag_temperature_dc));
     opt(out, "driver_id", i.driver_id.clone());
     opt(out, "text", i.text.clone());
 }

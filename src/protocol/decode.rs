@@ -120,8 +120,8 @@ pub fn decode(frame: &Frame, ctx: &DecodeCtx) -> Result<Message, DecodeError> {
         0x61 => position::ibutton_0x61(c).map(Message::Location),
         0x32 if frame.form == Form::Short => position::sl4x_0x32(c, model).map(Message::Alarm),
         0xA3 if len == 39 => position::fence_0xa3(c, model).map(Message::Alarm),
-        // SEEWORLD status (LEN 0x0C / 0x18): ST5-like, only the info byte is certain.
-        0xA3 => position::heartbeat(0x13, c.get(..1).unwrap_or_default()).map(Message::Heartbeat),
+        // SEEWORLD status (LEN 0x0C / 0x18).
+        0xA3 => position::seeworld_status_0xa3(c).map(Message::Heartbeat),
         0x36 if len != 0x35 - 5 => position::status_modules(c).map(Message::Heartbeat),
         0x17 | 0x1E | 0x24 | 0x2D | 0x31 | 0x36 | 0x37 | 0x38 | 0xA2 => {
             position::other_location(proto, c).map(|loc| match loc {

@@ -199,6 +199,8 @@ pub struct Status {
     pub battery_pct: Option<u8>,
     /// Temperature in tenths of a degree Celsius.
     pub temperature_dc: Option<i32>,
+    /// Pedometer count of wearable trackers (SEEWORLD 0xA3 status).
+    pub steps: Option<u32>,
 }
 
 impl Status {
@@ -286,6 +288,11 @@ pub struct Location {
     pub driver_id: Option<String>,
     /// Altitude in metres, from the few layouts that send it (0x70 GPS module, SL4X).
     pub altitude_m: Option<i32>,
+    /// Driving time the device counted, in seconds (WETRUST 0x12).
+    pub driving_time_s: Option<u32>,
+    /// Total engine running time in seconds (NT-family 0x22/0x25, TRX16I 0x36 send it
+    /// in minutes).
+    pub engine_time_s: Option<u32>,
     /// External supply voltage in millivolts (VXT01, S5, TRX16I layouts).
     pub power_mv: Option<u32>,
     /// Internal battery voltage in millivolts (TRX16I).
@@ -313,6 +320,9 @@ pub struct Alarm {
     /// Serving cell of alarms sent without GPS (0x19, 0xA5); `None` when `location`
     /// carries the cell or there is none.
     pub cell: Option<Lbs>,
+    /// Names of the video/photo files a dash-cam recorded for this alarm, comma-separated
+    /// as sent (0x95 long form).
+    pub media_files: Option<String>,
 }
 
 /// One cell of a multi-cell LBS list. Each carries its own MCC/MNC so a list can be used
@@ -370,6 +380,9 @@ pub struct Info {
     pub temperature_dc: Option<i32>,
     /// Relative humidity in tenths of a percent.
     pub humidity_dpct: Option<u32>,
+    /// Temperature a paired Bluetooth sensor tag reported, tenths of a degree Celsius
+    /// (0x70 module 0x7F).
+    pub tag_temperature_dc: Option<i32>,
     /// RFID / iButton / driver card id.
     pub driver_id: Option<String>,
     /// Free text the device reported (status string, fuel sensor, serial data).

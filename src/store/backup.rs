@@ -264,10 +264,23 @@ impl Frozen {
         let mut journal_records = 0u64;
         for (path, len) in &self.segments {
             let mut io_err: Option<std::io::Error> = None;
-            let scanned = journal::scan_segment(path, *len, &mut |payload| {
+            let scanned = journal::scan_segment(path, *len, &mut |payload, old| {
                 if let Err(why) = check(&mut stop) {
                     return Err(StoreError::Io(why));
                 }
+                // A dump holds today's `Op` layout only: a format-1 segment's records are
+                // rewritten (and an unreadable one skipped, as replay would stop there).
+                let current;
+                let payload = if old {
+                    let Some(ops) = journal::decode_ops(payload, true) else {
+                        return Ok(false);
+                    };
+                    current = bincode::serde::encode_to_vec(&ops, bincode::config::standard())
+                        .map_err(|e| StoreError::Io(e.to_string()))?;
+                    &current[..]
+                } else {
+                    payload
+                };
                 if let Err(e) = write_record(out, KIND_JOURNAL, &[payload]) {
                     let msg = e.to_string();
                     io_err = Some(e);
@@ -283,7 +296,7 @@ impl Frozen {
                 let _ = write_record(out, KIND_REFUSED, &[why.as_bytes()]);
                 return Err(DumpError::Refused(why));
             }
-            let (_, _, bad) = scanned?;
+            let (_, _, bad, _) = scanned?;
             if bad > 0 && Some(path) != self.segments.last().map(|(p, _)| p) {
                 tracing::warn!(segment = %path.display(), "backup: a damaged journal record was skipped, as replay would");
             }

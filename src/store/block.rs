@@ -5,7 +5,7 @@
 //! block is sealed; `store::Writer` decides that, and the key (IMEI ‖ first fix time) is
 //! built in `keys.rs`.
 //!
-//! # Layout (version 1)
+//! # Layout (version 2; version 1 is read too)
 //!
 //! All integers marked *varint* are unsigned LEB128 (7 bits per byte, least significant
 //! group first, high bit = "more follows", at most 10 bytes, the 10th byte must be 0 or 1).
@@ -13,7 +13,7 @@
 //! small. Arithmetic on values is two's-complement `i64`, wrapping.
 //!
 //! ```text
-//! block   := version:u8 = 1
+//! block   := version:u8 = 2 (or 1)
 //!            flags:u8              bit 0: payload is zstd-compressed; bits 1-7 must be 0
 //!            count:varint          number of records, 0 ..= MAX_BLOCK_RECORDS
 //!            first_ms:varint       zz(time_ms of the first record)
@@ -38,7 +38,10 @@
 //! | 5, 6 | `speed_kmh`, `course` | count | `u16` |
 //! | 7 | `satellites` | count | `u8` |
 //! | 8 | `valid` | count | 0 or 1 |
-//! | 9.. | each `Option` field in struct order: `invalid_reason`, `acc`, `odometer_m`, `lbs`, `alarm`, `reupload`, `battery_percent`, `gsm_signal`, `power_mv`, `battery_mv`, `temperature_dc`, `driver_id` | | |
+//! | 9.. | each `Option` field in struct order: `invalid_reason`, `acc`, `odometer_m`, `lbs`, `alarm`, `reupload`, `battery_percent`, `gsm_signal`, `power_mv`, `battery_mv`, `temperature_dc`, `driver_id`, then (version 2 only) `altitude_m` (`i32`), `driving_time_s` (`u32`), `engine_time_s` (`u32`) | | |
+//!
+//! A version-1 block is exactly a version-2 block without the last three `Option`
+//! columns: its records decode with those fields `None`.
 //!
 //! An `Option` field is a *presence* integer column (count values, each 0 = `None` or
 //! 1 = `Some`), then, only if `k` = the number of 1s is > 0, its value column(s) with `k`
@@ -94,7 +97,9 @@ use super::codec::{LbsRecord, PositionRecord};
 use std::collections::HashMap;
 
 /// Written as the first byte of every block; the golden test pins the layout.
-pub const BLOCK_VERSION: u8 = 1;
+pub const BLOCK_VERSION: u8 = 2;
+/// The layout before altitude, driving time and engine time; still decoded.
+const BLOCK_VERSION_1: u8 = 1;
 
 /// 131,072: a day at one position per second (86,400) fits; blocks are sealed at a few
 /// thousand. Bounds what a damaged count can make decode allocate (~22 MiB of records).
@@ -134,7 +139,7 @@ pub enum BlockError {
     /// `want` is the checksum stored in the block, `got` the one computed over it.
     #[error("block checksum mismatch: stored {want:#010x}, computed {got:#010x}")]
     Checksum { want: u32, got: u32 },
-    #[error("block has format version {0}, this build reads {BLOCK_VERSION}")]
+    #[error("block has format version {0}, this build reads 1 and {BLOCK_VERSION}")]
     Version(u8),
     #[error("block is corrupt: {0}")]
     Corrupt(&'static str),
@@ -220,7 +225,7 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<PositionRecord>, BlockError> {
             decompressed.as_slice()
         }
     };
-    let records = decode_payload(payload, header.count as usize)?;
+    let records = decode_payload(payload, header.count as usize, header.version)?;
     let first = records.first().map_or(0, |p| p.time_ms);
     let last = records.last().map_or(0, |p| p.time_ms);
     if first != header.first_ms || last != header.last_ms {
@@ -243,6 +248,7 @@ pub fn verify_block(bytes: &[u8]) -> Result<BlockSummary, BlockError> {
 // Header
 
 struct Header {
+    version: u8,
     count: u32,
     first_ms: i64,
     last_ms: i64,
@@ -272,7 +278,7 @@ fn raw_len_cap(count: usize) -> usize {
 fn parse_header(bytes: &[u8]) -> Result<Header, BlockError> {
     let mut r = Reader::new(bytes, BlockError::Truncated);
     let version = r.u8()?;
-    if version != BLOCK_VERSION {
+    if version != BLOCK_VERSION && version != BLOCK_VERSION_1 {
         return Err(BlockError::Version(version));
     }
     let flags = r.u8()?;
@@ -307,6 +313,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, BlockError> {
         return Err(BlockError::Corrupt("empty block with a payload"));
     }
     Ok(Header {
+        version,
         count: count as u32,
         first_ms,
         last_ms,
@@ -459,6 +466,13 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
         p.temperature_dc.map(|v| vec![i64::from(v)])
     });
     put_opt_strings(&mut out, ps, |p| p.driver_id.as_deref());
+    put_opt_ints(&mut out, ps, |p| p.altitude_m.map(|v| vec![i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| {
+        p.driving_time_s.map(|v| vec![i64::from(v)])
+    });
+    put_opt_ints(&mut out, ps, |p| {
+        p.engine_time_s.map(|v| vec![i64::from(v)])
+    });
     out
 }
 
@@ -864,6 +878,15 @@ fn read_presence(r: &mut Reader, n: usize) -> Result<(Col, usize), BlockError> {
 }
 
 impl OptCol {
+    /// A field no record has (a column the block's version does not carry).
+    fn absent() -> OptCol {
+        OptCol {
+            presence: Col::Const(0),
+            values: Vec::new(),
+            cursor: 0,
+        }
+    }
+
     fn read(r: &mut Reader, n: usize, ranges: &[(i64, i64)]) -> Result<OptCol, BlockError> {
         let (presence, k) = read_presence(r, n)?;
         let mut values = Vec::new();
@@ -961,7 +984,11 @@ impl StrCol {
     }
 }
 
-fn decode_payload(payload: &[u8], n: usize) -> Result<Vec<PositionRecord>, BlockError> {
+fn decode_payload(
+    payload: &[u8],
+    n: usize,
+    version: u8,
+) -> Result<Vec<PositionRecord>, BlockError> {
     if n == 0 {
         return if payload.is_empty() {
             Ok(Vec::new())
@@ -999,6 +1026,17 @@ fn decode_payload(payload: &[u8], n: usize) -> Result<Vec<PositionRecord>, Block
     let mut battery_mv = OptCol::read(r, n, &[u32s])?;
     let mut temperature = OptCol::read(r, n, &[i32s])?;
     let mut driver_id = StrCol::read(r, n, &mut budget)?;
+    // Version 1 ends here; its records have none of the later fields.
+    let later = |r: &mut Reader, range| {
+        if version == BLOCK_VERSION_1 {
+            Ok(OptCol::absent())
+        } else {
+            OptCol::read(r, n, &[range])
+        }
+    };
+    let mut altitude = later(r, i32s)?;
+    let mut driving_time = later(r, u32s)?;
+    let mut engine_time = later(r, u32s)?;
     if !r.is_empty() {
         return Err(BlockError::Corrupt("bytes after the last column"));
     }
@@ -1059,6 +1097,9 @@ fn decode_payload(payload: &[u8], n: usize) -> Result<Vec<PositionRecord>, Block
             battery_mv: battery_mv.value(i).map(|v| v as u32),
             temperature_dc: temperature.value(i).map(|v| v as i32),
             driver_id: driver_id.value(i),
+            altitude_m: altitude.value(i).map(|v| v as i32),
+            driving_time_s: driving_time.value(i).map(|v| v as u32),
+            engine_time_s: engine_time.value(i).map(|v| v as u32),
         }
     }));
     Ok(out)
@@ -1138,6 +1179,9 @@ mod tests {
                 battery_mv: Some(4_100),
                 temperature_dc: Some(-55),
                 driver_id: Some("A1B2C3".into()),
+                altitude_m: None,
+                driving_time_s: None,
+                engine_time_s: None,
             },
             PositionRecord {
                 time_ms: t0 + 10_000,
@@ -1165,6 +1209,9 @@ mod tests {
                 battery_mv: Some(4_090),
                 temperature_dc: Some(-50),
                 driver_id: Some("A1B2C3".into()),
+                altitude_m: None,
+                driving_time_s: None,
+                engine_time_s: None,
             },
             PositionRecord {
                 time_ms: t0 + 20_000,
@@ -1192,6 +1239,9 @@ mod tests {
                 battery_mv: None,
                 temperature_dc: None,
                 driver_id: None,
+                altitude_m: None,
+                driving_time_s: None,
+                engine_time_s: None,
             },
             PositionRecord {
                 time_ms: t0 + 20_001,
@@ -1219,6 +1269,9 @@ mod tests {
                 battery_mv: Some(u32::MAX),
                 temperature_dc: Some(i32::MIN),
                 driver_id: Some(String::new()),
+                altitude_m: None,
+                driving_time_s: None,
+                engine_time_s: None,
             },
             PositionRecord {
                 time_ms: t0 + 3_600_000,
@@ -1241,23 +1294,41 @@ mod tests {
                 battery_mv: Some(0),
                 temperature_dc: Some(i32::MAX),
                 driver_id: Some("Z".into()),
+                altitude_m: None,
+                driving_time_s: None,
+                engine_time_s: None,
             },
         ]
     }
 
-    /// Pins the layout: if this fails, the format changed; bump BLOCK_VERSION. The
-    /// uncompressed form is pinned byte for byte; the zstd form only has to decode, as
-    /// another libzstd may compress the same payload to other (equally valid) bytes.
+    /// [`golden_records`] with the fields version 2 added, on some records only.
+    fn golden_records_v2() -> Vec<PositionRecord> {
+        let mut records = golden_records();
+        let later = [
+            (Some(251), Some(3_600), Some(22_140)),
+            (Some(-31), Some(3_610), None),
+            (None, None, Some(22_200)),
+            (Some(i32::MIN), Some(u32::MAX), Some(u32::MAX)),
+            (Some(i32::MAX), Some(0), Some(0)),
+        ];
+        for (r, (altitude_m, driving_time_s, engine_time_s)) in records.iter_mut().zip(later) {
+            r.altitude_m = altitude_m;
+            r.driving_time_s = driving_time_s;
+            r.engine_time_s = engine_time_s;
+        }
+        records
+    }
+
+    /// Pins the layout: if this fails, the format changed; bump BLOCK_VERSION.
     #[test]
     fn golden_block_decodes_to_its_records() {
-        const GOLDEN: &str = "01000580f8f2edd56680dddb01c2020780f8f2edd566a09c01020201be81b5030119b817df120263dab98589d5ccffff7fdc8fa0f5aa3305f0f9a85e8e2300fd9ca9de10808080801005cfa79d29ec1a00e28c9da910fdffffff0f017a800100feff07180200094c9f0a380b0001121400fe03180200011b02000114020e6e6f5f6465766963655f74696d650fc3bc6ec3af63c3b864c3a920e29c9301000202000107020001030200010b0580890f9602e8f4f0ff1f0200010f03ec0303feff070101020204feff0705dc010002a0feffff1f05b4d7020002b7d702020001160203736f7309706f7765725f6375740200010202000115020001020200011b020007d02719000200011701080600fe030200010d01f0c40100feffffff1f0200011b018840f43ffeffffff1f000200011b016d63ffffffff0ffeffffff0f0200011b030641314232433300015a020002903ab1a462";
-        const GOLDEN_ZSTD: &str = "01010580f8f2edd56680dddb01ba02c20228b52ffd60420085090014110780f8f2edd566a09c01020201be81b5030119b817df120263dab98589d5ccffff7fdc8fa0f5aa3305f0f9a85e8e2300fd9ca9de10808080801005cfa79d29ec1a00e28c9da910fdffffff0f017a800100feff07180200094c9f0a380b0001121400fe03180200011b02000114020e6e6f5f6465766963655f74696d650fc3bc6ec3af63c3b864c3a920e29c9301000202000107020001030200010b0580890f9602e8f4f0ff1f0200010f03ec0303feff070101020204feff0705dc010002a0feffff1f05b4d7020002b7d7160203736f7309706f7765725f637574020001151b020007d02719000200011701080600fe0d01f0c4ff1b018840f43f1b016d63ff0f030641314232433300015a020002900b004385d40408bf50a522c45cadd897f74bb261ed8adf3a1b98c08ad12a3e0bcf";
-        let records = golden_records();
+        const GOLDEN: &str = "02000580f8f2edd56680dddb01f3020780f8f2edd566a09c01020201be81b5030119b817df120263dab98589d5ccffff7fdc8fa0f5aa3305f0f9a85e8e2300fd9ca9de10808080801005cfa79d29ec1a00e28c9da910fdffffff0f017a800100feff07180200094c9f0a380b0001121400fe03180200011b02000114020e6e6f5f6465766963655f74696d650fc3bc6ec3af63c3b864c3a920e29c9301000202000107020001030200010b0580890f9602e8f4f0ff1f0200010f03ec0303feff070101020204feff0705dc010002a0feffff1f05b4d7020002b7d702020001160203736f7309706f7765725f6375740200010202000115020001020200011b020007d02719000200011701080600fe030200010d01f0c40100feffffff1f0200011b018840f43ffeffffff1f000200011b016d63ffffffff0ffeffffff0f0200011b030641314232433300015a020002900200011b01f6033dffffffff0ffeffffff0f0200011b01a038b438feffffff1f000200011d110f88179017a2c4889102001ce25baa";
+        let records = golden_records_v2();
         assert_eq!(hex(&encode_block_with(&records, false)), GOLDEN);
         assert_eq!(decode_block(&encode_block(&records)).unwrap(), records);
         assert_eq!(decode_block(&unhex(GOLDEN)).unwrap(), records);
-        assert_eq!(decode_block(&unhex(GOLDEN_ZSTD)).unwrap(), records);
-        assert_eq!(unhex(GOLDEN_ZSTD)[1], FLAG_ZSTD);
+        let zstd = encode_block_with(&records, true);
+        assert_eq!(decode_block(&zstd).unwrap(), records);
         let summary = verify_block(&unhex(GOLDEN)).unwrap();
         assert_eq!(
             summary,
@@ -1269,6 +1340,22 @@ mod tests {
             }
         );
         assert_eq!(block_summary(&unhex(GOLDEN)).unwrap(), summary);
+    }
+
+    /// Blocks sealed before version 2 (pinned as that version wrote them) still decode,
+    /// with the later fields `None`. The zstd form only has to decode, as another libzstd
+    /// may compress the same payload to other (equally valid) bytes.
+    #[test]
+    fn version_1_golden_block_still_decodes() {
+        const GOLDEN_V1: &str = "01000580f8f2edd56680dddb01c2020780f8f2edd566a09c01020201be81b5030119b817df120263dab98589d5ccffff7fdc8fa0f5aa3305f0f9a85e8e2300fd9ca9de10808080801005cfa79d29ec1a00e28c9da910fdffffff0f017a800100feff07180200094c9f0a380b0001121400fe03180200011b02000114020e6e6f5f6465766963655f74696d650fc3bc6ec3af63c3b864c3a920e29c9301000202000107020001030200010b0580890f9602e8f4f0ff1f0200010f03ec0303feff070101020204feff0705dc010002a0feffff1f05b4d7020002b7d702020001160203736f7309706f7765725f6375740200010202000115020001020200011b020007d02719000200011701080600fe030200010d01f0c40100feffffff1f0200011b018840f43ffeffffff1f000200011b016d63ffffffff0ffeffffff0f0200011b030641314232433300015a020002903ab1a462";
+        const GOLDEN_V1_ZSTD: &str = "01010580f8f2edd56680dddb01ba02c20228b52ffd60420085090014110780f8f2edd566a09c01020201be81b5030119b817df120263dab98589d5ccffff7fdc8fa0f5aa3305f0f9a85e8e2300fd9ca9de10808080801005cfa79d29ec1a00e28c9da910fdffffff0f017a800100feff07180200094c9f0a380b0001121400fe03180200011b02000114020e6e6f5f6465766963655f74696d650fc3bc6ec3af63c3b864c3a920e29c9301000202000107020001030200010b0580890f9602e8f4f0ff1f0200010f03ec0303feff070101020204feff0705dc010002a0feffff1f05b4d7020002b7d7160203736f7309706f7765725f637574020001151b020007d02719000200011701080600fe0d01f0c4ff1b018840f43f1b016d63ff0f030641314232433300015a020002900b004385d40408bf50a522c45cadd897f74bb261ed8adf3a1b98c08ad12a3e0bcf";
+        let records = golden_records();
+        assert_eq!(unhex(GOLDEN_V1)[0], 1);
+        assert_eq!(decode_block(&unhex(GOLDEN_V1)).unwrap(), records);
+        assert_eq!(decode_block(&unhex(GOLDEN_V1_ZSTD)).unwrap(), records);
+        assert_eq!(unhex(GOLDEN_V1_ZSTD)[1], FLAG_ZSTD);
+        let summary = verify_block(&unhex(GOLDEN_V1)).unwrap();
+        assert_eq!((summary.count, summary.last_ms), (5, records[4].time_ms));
     }
 
     /// One field's values in a random block: constant, full range, extremes, a random
@@ -1380,7 +1467,10 @@ mod tests {
         let mut power_mv = gen(u32s);
         let mut battery_mv = gen(u32s);
         let mut temperature = gen(i32s);
-        let presence: Vec<Presence> = (0..12).map(|_| Presence::new(rng)).collect();
+        let mut altitude = gen(i32s);
+        let mut driving_time = gen(u32s);
+        let mut engine_time = gen(u32s);
+        let presence: Vec<Presence> = (0..15).map(|_| Presence::new(rng)).collect();
 
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -1396,7 +1486,7 @@ mod tests {
                 _ => received.next(rng),
             };
             let mut opt = |i: usize| presence[i].some(rng);
-            let flags: Vec<bool> = (0..12).map(&mut opt).collect();
+            let flags: Vec<bool> = (0..15).map(&mut opt).collect();
             let p = PositionRecord {
                 time_ms: time,
                 received_ms,
@@ -1423,6 +1513,9 @@ mod tests {
                 battery_mv: flags[9].then(|| battery_mv.next(rng) as u32),
                 temperature_dc: flags[10].then(|| temperature.next(rng) as i32),
                 driver_id: flags[11].then(|| random_string(rng)),
+                altitude_m: flags[12].then(|| altitude.next(rng) as i32),
+                driving_time_s: flags[13].then(|| driving_time.next(rng) as u32),
+                engine_time_s: flags[14].then(|| engine_time.next(rng) as u32),
             };
             out.push(p);
         }

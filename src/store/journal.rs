@@ -3,7 +3,9 @@
 //!
 //! Files: `DATA_DIR/journal/<seq as 16 hex digits>.wal`. Each starts with the 8-byte
 //! magic [`MAGIC`]; then records `len: u32 LE | crc32(payload): u32 LE | payload`, one per
-//! group commit, where payload is bincode 2 (standard) of `Vec<Op>`.
+//! group commit, where payload is bincode 2 (standard) of `Vec<Op>`. Segments with the
+//! format-1 magic [`MAGIC_V1`] (written before store values reached version 3) hold
+//! `Vec<OpV2>`: they replay, and new batches go to a new segment, never after them.
 //!
 //! Why a journal and not one sled key per unsealed position: a sequential append plus one
 //! `fdatasync` per batch is the cheapest durable write there is, and it keeps sled (whose
@@ -11,14 +13,16 @@
 //!
 //! This room never decides *when* to checkpoint; the writer does.
 
-use super::codec::Op;
+use super::codec::{Op, OpV2};
 use super::StoreError;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// File magic, with the journal format version as its last byte.
-pub const MAGIC: &[u8; 8] = b"GT06WAL\x01";
+pub const MAGIC: &[u8; 8] = b"GT06WAL\x02";
+/// Format 1: the same records, holding version-2 requests.
+pub const MAGIC_V1: &[u8; 8] = b"GT06WAL\x01";
 /// A record larger than this is not one we wrote: treat it as a torn or corrupt tail.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 
@@ -89,16 +93,23 @@ impl Journal {
         };
         let last = segs.len().saturating_sub(1);
         let mut good_len = 0;
+        let mut last_is_old = false;
         for (i, (_, path)) in segs.iter().enumerate() {
-            let (good, total, corrupt) = replay_segment(path, &mut apply, &mut stats.batches)?;
+            let (good, total, corrupt, old) = replay_segment(path, &mut apply, &mut stats.batches)?;
             if i == last {
                 good_len = good;
+                last_is_old = old;
                 stats.torn_tail_bytes = total - good;
             } else if good < total {
                 stats.corrupt_records += corrupt.max(1);
             }
         }
         let (seq, file, len) = match segs.last() {
+            // An older format's segment is kept as it is until a checkpoint retires it.
+            Some((seq, _)) if last_is_old => {
+                let file = create_segment(dir, seq + 1)?;
+                (seq + 1, file, MAGIC.len() as u64)
+            }
             Some((seq, path)) => {
                 let file = OpenOptions::new().read(true).write(true).open(path)?;
                 if good_len < MAGIC.len() as u64 {
@@ -234,63 +245,75 @@ fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
 }
 
 /// Replays one segment; returns (bytes up to the last good record, file length, number
-/// of bad records seen).
+/// of bad records seen, whether it is a format-1 segment).
 fn replay_segment(
     path: &Path,
     apply: &mut impl FnMut(Vec<Op>),
     batches: &mut usize,
-) -> Result<(u64, u64, usize), StoreError> {
-    scan_segment(
-        path,
-        u64::MAX,
-        &mut |payload| match bincode::serde::decode_from_slice::<Vec<Op>, _>(
-            payload,
-            bincode::config::standard(),
-        ) {
-            Ok((ops, _)) => {
+) -> Result<(u64, u64, usize, bool), StoreError> {
+    scan_segment(path, u64::MAX, &mut |payload, old| {
+        Ok(match decode_ops(payload, old) {
+            Some(ops) => {
                 *batches += 1;
                 apply(ops);
-                Ok(true)
+                true
             }
-            Err(_) => Ok(false),
-        },
-    )
+            None => false,
+        })
+    })
+}
+
+/// One record's payload as requests; `old` for a format-1 segment (`Vec<OpV2>`).
+pub fn decode_ops(payload: &[u8], old: bool) -> Option<Vec<Op>> {
+    let config = bincode::config::standard();
+    if old {
+        bincode::serde::decode_from_slice::<Vec<OpV2>, _>(payload, config)
+            .ok()
+            .map(|(ops, _)| ops.into_iter().map(Op::from).collect())
+    } else {
+        bincode::serde::decode_from_slice::<Vec<Op>, _>(payload, config)
+            .ok()
+            .map(|(ops, _)| ops)
+    }
 }
 
 /// Reads the records of one segment within its first `limit` bytes, checking each one's
-/// checksum, and hands each payload (bincode of `Vec<Op>`) to `f`, which answers false for
-/// a payload it cannot use. Stops at the first bad record. Returns (bytes up to the last
-/// good record, bytes considered, number of bad records seen).
+/// checksum, and hands each payload to `f` with whether the segment is format 1 (see
+/// [`decode_ops`]); `f` answers false for a payload it cannot use. Stops at the first
+/// bad record. Returns (bytes up to the last good record, bytes considered, number of
+/// bad records seen, whether the segment is format 1).
 pub fn scan_segment(
     path: &Path,
     limit: u64,
-    f: &mut impl FnMut(&[u8]) -> Result<bool, StoreError>,
-) -> Result<(u64, u64, usize), StoreError> {
+    f: &mut impl FnMut(&[u8], bool) -> Result<bool, StoreError>,
+) -> Result<(u64, u64, usize, bool), StoreError> {
     let file = File::open(path)?;
     let total = file.metadata()?.len().min(limit);
     let mut r = BufReader::with_capacity(1 << 20, file.take(total));
     let mut magic = [0u8; 8];
-    if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
-        return Ok((0, total, 1));
-    }
+    let old = match r.read_exact(&mut magic) {
+        Ok(()) if &magic == MAGIC => false,
+        Ok(()) if &magic == MAGIC_V1 => true,
+        _ => return Ok((0, total, 1, false)),
+    };
     let mut good = MAGIC.len() as u64;
     let mut payload = Vec::new();
     loop {
         let mut head = [0u8; 8];
         if r.read_exact(&mut head).is_err() {
-            return Ok((good, total, 0));
+            return Ok((good, total, 0, old));
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len > MAX_RECORD || good + 8 + len as u64 > total {
-            return Ok((good, total, 1));
+            return Ok((good, total, 1, old));
         }
         payload.resize(len as usize, 0);
         if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
-            return Ok((good, total, 1));
+            return Ok((good, total, 1, old));
         }
-        if !f(&payload)? {
-            return Ok((good, total, 1));
+        if !f(&payload, old)? {
+            return Ok((good, total, 1, old));
         }
         good += 8 + len as u64;
     }
@@ -412,6 +435,44 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (_, got, _) = replay(&d);
         assert_eq!(got.len(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A segment of journal format 1 (as a version-2 build left it after a crash)
+    /// replays, and new batches go to a segment of their own.
+    #[test]
+    fn format_1_segment_replays_and_is_not_appended_to() {
+        use crate::store::codec::{OpV2, PositionRecordV2};
+        let d = dir("format1");
+        std::fs::create_dir_all(&d).unwrap();
+        let old = vec![OpV2::Position {
+            imei: 7,
+            pos: PositionRecordV2 {
+                time_ms: 41,
+                driver_id: Some("A1".into()),
+                ..PositionRecordV2::default()
+            },
+        }];
+        let payload = bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend((payload.len() as u32).to_le_bytes());
+        bytes.extend(crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend(&payload);
+        std::fs::write(segment_path(&d, 1), &bytes).unwrap();
+
+        let (mut j, got, stats) = replay(&d);
+        assert_eq!(
+            (got.len(), stats.corrupt_records, stats.torn_tail_bytes),
+            (1, 0, 0)
+        );
+        assert!(matches!(&got[0][0], Op::Position { imei: 7, pos }
+            if pos.time_ms == 41 && pos.driver_id.as_deref() == Some("A1") && pos.altitude_m.is_none()));
+        j.append(&[op(42)]).unwrap();
+        drop(j);
+        assert_eq!(std::fs::read(segment_path(&d, 1)).unwrap(), bytes);
+        let (_, got, stats) = replay(&d);
+        assert_eq!((got.len(), stats.segments), (2, 2));
+        assert!(matches!(&got[1][0], Op::Position { pos, .. } if pos.time_ms == 42));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -353,7 +353,7 @@ impl Store {
                     dev.tz_offset_min = *tz;
                 }
                 if let Some(s) = status {
-                    dev.status = Some(*s);
+                    dev.status = Some(carry_over(*s, dev.status.as_ref()));
                 }
             }
             Op::Info {
@@ -364,6 +364,10 @@ impl Store {
                 battery_percent,
                 temperature_dc,
                 iccid,
+                door_open,
+                humidity_dpct,
+                network_gen,
+                tag_temperature_dc,
             } => {
                 let dev = device_entry(live, *imei, *at_ms);
                 let st = dev.status.get_or_insert_with(StatusRecord::default);
@@ -372,6 +376,10 @@ impl Store {
                 st.battery_mv = battery_mv.or(st.battery_mv);
                 st.battery_percent = battery_percent.or(st.battery_percent);
                 st.temperature_dc = temperature_dc.or(st.temperature_dc);
+                st.door_open = door_open.or(st.door_open);
+                st.humidity_dpct = humidity_dpct.or(st.humidity_dpct);
+                st.network_gen = network_gen.or(st.network_gen);
+                st.tag_temperature_dc = tag_temperature_dc.or(st.tag_temperature_dc);
                 if iccid.is_some() {
                     dev.iccid.clone_from(iccid);
                 }
@@ -697,6 +705,20 @@ impl Store {
     }
 }
 
+/// A new status report replaces the old one, except for what heartbeats and alarms do
+/// not report (door, humidity, network, tag temperature come in information frames;
+/// steps only from some wearables): those stay until a report says otherwise.
+fn carry_over(mut new: StatusRecord, old: Option<&StatusRecord>) -> StatusRecord {
+    if let Some(old) = old {
+        new.steps = new.steps.or(old.steps);
+        new.door_open = new.door_open.or(old.door_open);
+        new.humidity_dpct = new.humidity_dpct.or(old.humidity_dpct);
+        new.network_gen = new.network_gen.or(old.network_gen);
+        new.tag_temperature_dc = new.tag_temperature_dc.or(old.tag_temperature_dc);
+    }
+    new
+}
+
 fn device_entry(live: &mut Live, imei: u64, at_ms: i64) -> &mut DeviceRecord {
     live.dirty.insert(imei);
     let dev = live.devices.entry(imei).or_insert_with(|| DeviceRecord {
@@ -881,5 +903,38 @@ mod tests {
         assert!(store.positions(a, 0, i64::MAX, 10).is_err());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_heartbeat_keeps_what_only_information_frames_report() {
+        let old = StatusRecord {
+            time_ms: 1,
+            power_mv: Some(12_000),
+            steps: Some(600),
+            door_open: Some(true),
+            humidity_dpct: Some(750),
+            network_gen: Some(4),
+            tag_temperature_dc: Some(290),
+            ..StatusRecord::default()
+        };
+        let new = StatusRecord {
+            time_ms: 2,
+            acc: true,
+            steps: Some(601),
+            ..StatusRecord::default()
+        };
+        let got = carry_over(new, Some(&old));
+        assert_eq!((got.time_ms, got.acc, got.power_mv), (2, true, None));
+        assert_eq!(got.steps, Some(601));
+        assert_eq!(
+            (
+                got.door_open,
+                got.humidity_dpct,
+                got.network_gen,
+                got.tag_temperature_dc
+            ),
+            (Some(true), Some(750), Some(4), Some(290))
+        );
+        assert_eq!(carry_over(new, None), new);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Why compact: the fewer checkpoints, the fewer sled writes (which is what makes sled
 //! grow on disk and in memory), so the store holds millions of unsealed positions. A
-//! [`PositionRecord`] is 168 bytes; a [`Row`] is 40, with the cell id in a per-device
+//! [`PositionRecord`] is 192 bytes; a [`Row`] is 40, with the cell id in a per-device
 //! dictionary (it changes every few minutes) and rare fields boxed.
 
 use super::codec::{LbsRecord, PositionRecord};
@@ -42,6 +42,9 @@ struct Extra {
     battery_mv: Option<u32>,
     temperature_dc: Option<i32>,
     driver_id: Option<String>,
+    altitude_m: Option<i32>,
+    driving_time_s: Option<u32>,
+    engine_time_s: Option<u32>,
 }
 
 impl Extra {
@@ -125,6 +128,9 @@ impl Tail {
             battery_mv: p.battery_mv,
             temperature_dc: p.temperature_dc,
             driver_id: p.driver_id,
+            altitude_m: p.altitude_m,
+            driving_time_s: p.driving_time_s,
+            engine_time_s: p.engine_time_s,
             ..Extra::default()
         };
         let recv_delta = match i32::try_from(p.received_ms.wrapping_sub(p.time_ms)) {
@@ -194,6 +200,9 @@ impl Tail {
             battery_mv: x.and_then(|x| x.battery_mv),
             temperature_dc: x.and_then(|x| x.temperature_dc),
             driver_id: x.and_then(|x| x.driver_id.clone()),
+            altitude_m: x.and_then(|x| x.altitude_m),
+            driving_time_s: x.and_then(|x| x.driving_time_s),
+            engine_time_s: x.and_then(|x| x.engine_time_s),
         }
     }
 }
@@ -229,7 +238,15 @@ mod tests {
             battery_mv: Some(4_100),
             temperature_dc: Some(-405),
             driver_id: Some("0123ABCD".into()),
+            altitude_m: Some(-412),
+            driving_time_s: Some(7_200),
+            engine_time_s: Some(u32::MAX),
         }
+    }
+
+    #[test]
+    fn records_are_the_size_the_module_doc_says() {
+        assert_eq!(std::mem::size_of::<PositionRecord>(), 192);
     }
 
     #[test]

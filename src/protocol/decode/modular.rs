@@ -31,6 +31,7 @@ pub(super) fn modular_0x70(c: &[u8]) -> Result<Message, Failure> {
             0x002E => odometer_m = be_u32::<_, E>(value).ok().map(|(_, v)| v),
             0x0033 => loc = Some(gps_module(value)?),
             0x0034 => event = event.or(value.first().copied().and_then(event_kind)),
+            0x007F => info.tag_temperature_dc = ble_tag_temperature(value),
             _ => {}
         }
         i = rest;
@@ -41,6 +42,7 @@ pub(super) fn modular_0x70(c: &[u8]) -> Result<Message, Failure> {
             status: Status::default(),
             kind: Some(kind),
             cell: None,
+            media_files: None,
         }),
         (Some(loc), None) => Message::Location(Location { odometer_m, ..loc }),
         (None, None) => Message::Info(info),
@@ -74,6 +76,14 @@ fn gps_module(v: &[u8]) -> Result<Location, Failure> {
         altitude_m: Some(i32::from(altitude)),
         ..Location::default()
     })
+}
+
+/// Module 0x7F, a Bluetooth sensor tag: MAC 6, three bytes we do not interpret, then the
+/// temperature as i16 tenths of a degree Celsius (the peer-vector capture reads 29.0 °C
+/// there), then bytes we do not interpret. Only the first tag of the module is read.
+fn ble_tag_temperature(v: &[u8]) -> Option<i32> {
+    let t = v.get(9..11)?;
+    Some(i32::from(i16::from_be_bytes([*t.first()?, *t.get(1)?])))
 }
 
 /// Module 0x34 event codes (§11.4) that name an alarm; other events are not alarms.

@@ -44,6 +44,20 @@ pub(super) fn location(proto: u8, c: &[u8]) -> Result<Location, Failure> {
                 });
             }
         }
+        // WETRUST (LEN 0x29, §12.1): odometer u32, a length-prefixed card, alarm u8,
+        // card status u8, driving time u16 (seconds).
+        0x12 if c.len() == 0x29 - 5 => {
+            let (rest, lbs) = lbs_2g(rest)?;
+            loc.lbs = Some(lbs);
+            let (rest, odometer) = be_u32::<_, E>(rest)?;
+            let (rest, card_len) = be_u8::<_, E>(rest)?;
+            let (rest, _card) = nom::bytes::complete::take::<_, _, E>(card_len)(rest)?;
+            let (rest, _alarm) = be_u8::<_, E>(rest)?;
+            let (rest, _card_status) = be_u8::<_, E>(rest)?;
+            let (_, driving) = be_u16::<_, E>(rest)?;
+            loc.odometer_m = Some(odometer);
+            loc.driving_time_s = Some(u32::from(driving));
+        }
         // The optional tail is told apart by its size (§8.1).
         0x12 => {
             let (rest, lbs) = lbs_2g(rest)?;
@@ -201,6 +215,7 @@ pub(super) fn alarm(proto: u8, c: &[u8], model: Model) -> Result<Alarm, Failure>
         location: Some(location),
         status,
         kind: alarm::kind(model, code, status.info),
+        media_files: None,
     })
 }
 
@@ -290,6 +305,7 @@ pub(super) fn lbs_alarm(proto: u8, c: &[u8], model: Model) -> Result<Alarm, Fail
         status,
         kind: alarm::kind(model, status.alarm_code.unwrap_or(0), status.info),
         cell: Some(lbs),
+        media_files: None,
     })
 }
 
@@ -348,7 +364,9 @@ pub(super) fn other_location(proto: u8, c: &[u8]) -> Result<Option<Location>, Fa
             let rest = acc_mode_reupload(rest, &mut loc)?;
             let (rest, odometer) = be_u32::<_, E>(rest)?;
             let (rest, power) = be_u16::<_, E>(rest)?;
-            let (_, battery) = be_u8::<_, E>(rest)?;
+            let (rest, battery) = be_u8::<_, E>(rest)?;
+            let (_, hours) = nom::number::complete::be_u24::<_, E>(rest)?;
+            loc.engine_time_s = Some(hours.saturating_mul(60));
             loc.odometer_m = Some(odometer);
             loc.power_mv = Some(u32::from(power) * 10);
             loc.battery_mv = Some(u32::from(battery) * 100);
@@ -425,6 +443,36 @@ pub(super) fn sl4x_0x32(c: &[u8], model: Model) -> Result<Alarm, Failure> {
         status,
         kind: alarm::kind(model, status.alarm_code.unwrap_or(0), status.info),
         cell: None,
+        media_files: None,
+    })
+}
+
+/// SEEWORLD 0xA3 status, long form (LEN 0x18): terminal info, extension word, voltage
+/// level, RSSI, power, language, sound, light, steps u32, battery %, charging, motion,
+/// then bytes no source explains. The short form (LEN 0x0C) is ST5-like; only its info
+/// byte is certain.
+pub(super) fn seeworld_status_0xa3(c: &[u8]) -> Result<Status, Failure> {
+    if c.len() < 0x18 - 5 {
+        return heartbeat(0x13, c.get(..1).unwrap_or_default());
+    }
+    let (i, info) = be_u8::<_, E>(c)?;
+    let (i, _extension) = be_u16::<_, E>(i)?;
+    let (i, voltage_level) = be_u8::<_, E>(i)?;
+    let (i, _rssi) = be_u8::<_, E>(i)?;
+    let (i, _power) = be_u8::<_, E>(i)?;
+    let (i, language) = be_u8::<_, E>(i)?;
+    let (i, _sound) = be_u8::<_, E>(i)?;
+    let (i, _light) = be_u8::<_, E>(i)?;
+    let (i, steps) = be_u32::<_, E>(i)?;
+    let (i, battery_pct) = be_u8::<_, E>(i)?;
+    let (_, charging) = be_u8::<_, E>(i)?;
+    Ok(Status {
+        voltage_level: Some(voltage_level),
+        language: Some(language),
+        battery_pct: Some(battery_pct),
+        steps: Some(steps),
+        charging: charging != 0,
+        ..status_from_info(info)
     })
 }
 
@@ -445,6 +493,7 @@ pub(super) fn fence_0xa3(c: &[u8], model: Model) -> Result<Alarm, Failure> {
         status,
         kind: alarm::kind(model, status.alarm_code.unwrap_or(0), status.info),
         cell: None,
+        media_files: None,
     })
 }
 
@@ -545,7 +594,7 @@ pub(super) fn heartbeat_by_model(model: Model, c: &[u8]) -> Result<Status, Failu
 /// NT-family 0x22/0x25 (§12.2): location source, IMEI, device time, GPS, an LBS block
 /// with length byte (u32 cell on 0x25), terminal info, power u16/100, battery u8/10,
 /// RSSI, alarm, language (one byte on 0x22, two on 0x25 in the captures), odometer u24,
-/// engine hours u24; 0x25 then a driver id (length, type, id).
+/// engine hours u24 (minutes); 0x25 then a driver id (length, type, id).
 pub(super) fn nt_location(proto: u8, c: &[u8]) -> Result<Location, Failure> {
     let (rest, _source) = be_u8::<_, E>(c)?;
     let (rest, _imei) = nom::bytes::complete::take::<_, _, E>(8usize)(rest)?;
@@ -567,7 +616,7 @@ pub(super) fn nt_location(proto: u8, c: &[u8]) -> Result<Location, Failure> {
     let language_len = if proto == 0x25 { 2usize } else { 1 };
     let (rest, _language) = nom::bytes::complete::take::<_, _, E>(language_len)(rest)?;
     let (rest, odometer) = nom::number::complete::be_u24::<_, E>(rest)?;
-    let (rest, _hours) = nom::number::complete::be_u24::<_, E>(rest)?;
+    let (rest, engine_minutes) = nom::number::complete::be_u24::<_, E>(rest)?;
     let driver_id = if proto == 0x25 {
         let (rest, len) = be_u8::<_, E>(rest)?;
         let (_, driver) = nom::bytes::complete::take::<_, _, E>(len)(rest)?;
@@ -583,6 +632,7 @@ pub(super) fn nt_location(proto: u8, c: &[u8]) -> Result<Location, Failure> {
         odometer_m: Some(odometer),
         power_mv: Some(u32::from(power) * 10),
         battery_mv: Some(u32::from(battery) * 100),
+        engine_time_s: Some(engine_minutes.saturating_mul(60)),
         driver_id,
         ..Location::default()
     })

@@ -4,7 +4,7 @@
 use nom::bytes::complete::take;
 use nom::number::complete::{be_u16, be_u24, be_u32, be_u8};
 
-use super::fields::{gps, gps_from_parts, time_binary};
+use super::fields::{ascii_text, gps, gps_from_parts, time_binary};
 use super::Failure;
 use crate::protocol::types::{
     Alarm, AlarmKind, Cell, CellReport, Info, Lbs, Location, Message, Status,
@@ -30,7 +30,8 @@ fn dashcam_event(code: u8, long: bool) -> AlarmKind {
 
 /// 0x95: short (time, event) or long: GPS without satellites and speed, or the JC400
 /// layout marked by `FF FF` (version, time, satellites, lat, lon, course word, speed u16,
-/// power u16/10); then event, event data and a file list we do not keep.
+/// power u16/10); then event, event data and the names of the files the camera recorded
+/// (ASCII, comma-separated).
 pub(super) fn dashcam_0x95(c: &[u8]) -> Result<Alarm, Failure> {
     if c.len() <= 7 {
         let (i, _time) = time_binary(c)?;
@@ -40,6 +41,7 @@ pub(super) fn dashcam_0x95(c: &[u8]) -> Result<Alarm, Failure> {
             status: Status::default(),
             kind: Some(dashcam_event(event, false)),
             cell: None,
+            media_files: None,
         });
     }
     let (location, status, rest) = if c.starts_with(&[0xFF, 0xFF]) {
@@ -80,13 +82,21 @@ pub(super) fn dashcam_0x95(c: &[u8]) -> Result<Alarm, Failure> {
             i,
         )
     };
-    let (_, event) = be_u8::<_, E>(rest)?;
+    let (rest, event) = be_u8::<_, E>(rest)?;
     Ok(Alarm {
         location: Some(location),
         status,
         kind: Some(dashcam_event(event, true)),
         cell: None,
+        media_files: media_files(rest),
     })
+}
+
+/// The file list after a long 0x95's event byte: event data (binary, zeros in the
+/// captures) and then the names as ASCII; `None` when no name follows.
+fn media_files(rest: &[u8]) -> Option<String> {
+    let start = rest.iter().position(|b| b.is_ascii_graphic())?;
+    ascii_text(rest.get(start..)?).filter(|t| !t.is_empty())
 }
 
 /// 0x34 on X1: data/alarm u32, GPS, terminal info u16, odometer u32, MCC u16, MNC u8,
@@ -200,6 +210,7 @@ pub(super) fn az735_long(proto: u8, c: &[u8]) -> Result<Message, Failure> {
             status: Status::default(),
             kind: Some(kind),
             cell: serving,
+            media_files: None,
         }));
     }
     Ok(match gps {

@@ -147,6 +147,8 @@ fn location_0x22_round_trips_with_and_without_mileage() {
             upload_mode: Some(3),
             driver_id: None,
             altitude_m: None,
+            driving_time_s: None,
+            engine_time_s: None,
             power_mv: None,
             battery_mv: None,
             temperature_dc: None,
@@ -190,6 +192,7 @@ fn alarm_round_trips() {
             status: s,
             kind: Some(kind),
             cell: None,
+            media_files: None,
         };
         assert_eq!(
             decoded(&encode::alarm(proto, &loc, &status(), code, 5)),
