@@ -192,6 +192,19 @@ struct Checkpoint {
     failed: bool,
 }
 
+/// See [`Writer::seal_budget`]: `fresh` positions arrived since the checkpoint under way
+/// began, `limit` is `checkpoint_positions`.
+fn seal_budget(fresh: usize, limit: usize) -> Duration {
+    let limit = limit.max(1);
+    if fresh >= limit.saturating_mul(2) {
+        Duration::from_secs(3600)
+    } else if fresh >= limit {
+        SEAL_STEP_BUDGET * 5
+    } else {
+        SEAL_STEP_BUDGET
+    }
+}
+
 /// Devices sealed per sled transaction while a checkpoint runs.
 const SEAL_STEP_DEVICES: usize = 256;
 /// Longest sealing stretch between two group commits: answers wait at most about this
@@ -301,7 +314,8 @@ impl Writer {
                 if self.guard.is_low() {
                     self.abort_checkpoint();
                 } else {
-                    self.seal_step_logged(SEAL_STEP_BUDGET);
+                    let budget = self.seal_budget();
+                    self.seal_step_logged(budget);
                 }
             } else if self.checkpoint_due() {
                 self.start_checkpoint_logged();
@@ -427,6 +441,16 @@ impl Writer {
             }
         }
         ok
+    }
+
+    /// How long the next sealing step may run. Sealing normally yields to commits every
+    /// [`SEAL_STEP_BUDGET`]; but when the fleet writes faster than sealing drains (a busy
+    /// CPU, merges due), the fresh tails would grow without bound. Then sealing takes
+    /// longer turns, which slows commits, which fills the bounded request queue, which
+    /// stops sessions reading: back-pressure instead of memory. Unsealed positions stay
+    /// below about three times `checkpoint_positions`.
+    fn seal_budget(&self) -> Duration {
+        seal_budget(self.store.fresh_unsealed(), self.opts.checkpoint_positions)
     }
 
     fn sealing_pending(&self) -> bool {
@@ -946,6 +970,16 @@ mod tests {
             .iter()
             .map(|p| p.time_ms)
             .collect()
+    }
+
+    #[test]
+    fn sealing_takes_longer_turns_when_the_fleet_outruns_it() {
+        assert_eq!(seal_budget(0, 1000), SEAL_STEP_BUDGET);
+        assert_eq!(seal_budget(999, 1000), SEAL_STEP_BUDGET);
+        assert_eq!(seal_budget(1000, 1000), SEAL_STEP_BUDGET * 5);
+        // Twice the checkpoint size unsealed: seal the rest before taking more commits.
+        assert!(seal_budget(2000, 1000) >= Duration::from_secs(60));
+        assert_eq!(seal_budget(5, 0), Duration::from_secs(3600));
     }
 
     #[test]
