@@ -133,7 +133,7 @@ pub struct SimulateArgs {
     /// Number of simulated trackers (one TCP connection each).
     #[arg(long, default_value_t = 10)]
     pub devices: u32,
-    /// Positions per second per tracker (0.1 = one every 10 s).
+    /// Positions per second per tracker (0.1 = one every 10 s). Ignored with --max.
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
     /// Server address of the GT06 port.
@@ -142,7 +142,7 @@ pub struct SimulateArgs {
     /// Seconds to run; 0 runs until interrupted.
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
-    /// A heartbeat (whose answer is timed) after every K positions.
+    /// A heartbeat (whose answer is timed) after every K positions; 0 sends none.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_every: u32,
     /// IMEI of the first tracker; the others follow it.
@@ -151,4 +151,20 @@ pub struct SimulateArgs {
     /// Seed of the tracks; the same seed drives the same routes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seconds over which the trackers connect, evenly spread (0 = all at once).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub ramp: f64,
+    /// Send as fast as the server answers: each tracker keeps at most --window
+    /// heartbeats (each after --heartbeat-every positions) unanswered.
+    #[arg(long)]
+    pub max: bool,
+    /// With --max: unanswered heartbeats a tracker may have before it waits.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub window: u32,
+    /// Print the summary as one JSON object on stdout (the text goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON summary to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }

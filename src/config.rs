@@ -70,6 +70,19 @@ pub struct TcpConfig {
     pub idle_timeout_secs: u64,
     /// Seconds a reply may take to be written before the connection is dropped.
     pub write_timeout_secs: u64,
+    /// Seconds a new connection has to complete its login before it is closed.
+    pub login_timeout_secs: u64,
+    /// Seconds a frame may take from its first byte to its last before the connection
+    /// is closed, so nothing ever waits forever for the end of a frame.
+    pub frame_timeout_secs: u64,
+    /// Most tracker connections open at once; 0 means as many as the process's file
+    /// descriptor limit allows (the limit minus a reserve for the store and HTTP). A
+    /// larger value is lowered to that.
+    pub max_connections: u64,
+    /// Most tracker connections from one IP address; 0 turns the cap off. Large on
+    /// purpose: behind carrier-grade NAT or an M2M APN many real trackers share one
+    /// public address.
+    pub max_connections_per_ip: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +90,9 @@ pub struct TcpConfig {
 pub struct HttpConfig {
     /// Address of the web map, JSON API and health endpoints. Port 0 picks a free port.
     pub listen: String,
+    /// Seconds a live-stream (`/api/live`) client may leave its stream unread before it
+    /// is dropped.
+    pub live_stall_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +176,10 @@ impl Default for TcpConfig {
             listen: "0.0.0.0:5023".into(),
             idle_timeout_secs: 600,
             write_timeout_secs: 10,
+            login_timeout_secs: 30,
+            frame_timeout_secs: 20,
+            max_connections: 0,
+            max_connections_per_ip: 5000,
         }
     }
 }
@@ -168,6 +188,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "0.0.0.0:8080".into(),
+            live_stall_timeout_secs: 30,
         }
     }
 }
@@ -221,6 +242,13 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     pub idle_timeout: std::time::Duration,
     pub write_timeout: std::time::Duration,
+    pub login_timeout: std::time::Duration,
+    pub frame_timeout: std::time::Duration,
+    /// Configured global connection cap; 0 = derived from the descriptor limit.
+    pub max_connections: usize,
+    /// Per-address connection cap; 0 = off.
+    pub max_connections_per_ip: usize,
+    pub live_stall_timeout: std::time::Duration,
     pub max_batch: usize,
     pub cache_bytes: u64,
     pub checkpoint_positions: usize,
@@ -297,11 +325,29 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.tcp.write_timeout_secs == 0 {
-            return Err(ConfigError::key(
-                "tcp.write_timeout_secs",
-                "must be at least 1",
-            ));
+        for (key, v) in [
+            ("tcp.write_timeout_secs", self.tcp.write_timeout_secs),
+            ("tcp.login_timeout_secs", self.tcp.login_timeout_secs),
+            ("tcp.frame_timeout_secs", self.tcp.frame_timeout_secs),
+            (
+                "http.live_stall_timeout_secs",
+                self.http.live_stall_timeout_secs,
+            ),
+        ] {
+            if !(1..=86_400).contains(&v) {
+                return Err(ConfigError::key(key, "must be between 1 and 86400"));
+            }
+        }
+        for (key, v) in [
+            ("tcp.max_connections", self.tcp.max_connections),
+            (
+                "tcp.max_connections_per_ip",
+                self.tcp.max_connections_per_ip,
+            ),
+        ] {
+            if v > 10_000_000 {
+                return Err(ConfigError::key(key, "must be at most 10000000"));
+            }
         }
         if !(1..=1_000_000).contains(&self.store.max_batch) {
             return Err(ConfigError::key(
@@ -375,6 +421,11 @@ impl Config {
             http_listen,
             idle_timeout: std::time::Duration::from_secs(self.tcp.idle_timeout_secs),
             write_timeout: std::time::Duration::from_secs(self.tcp.write_timeout_secs),
+            login_timeout: std::time::Duration::from_secs(self.tcp.login_timeout_secs),
+            frame_timeout: std::time::Duration::from_secs(self.tcp.frame_timeout_secs),
+            max_connections: self.tcp.max_connections as usize,
+            max_connections_per_ip: self.tcp.max_connections_per_ip as usize,
+            live_stall_timeout: std::time::Duration::from_secs(self.http.live_stall_timeout_secs),
             max_batch: self.store.max_batch,
             cache_bytes: self.store.cache_mb * 1024 * 1024,
             checkpoint_positions: self.store.checkpoint_positions,

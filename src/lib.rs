@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod ops;
 pub mod protocol;
 pub mod simulate;

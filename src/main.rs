@@ -140,6 +140,38 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
     if let Some(summary) = &activated.summary {
         tracing::info!("{summary}");
     }
+    let nofile = ingest::limits::raise_nofile();
+    let fd_soft = match nofile {
+        Ok(l) => {
+            tracing::info!(
+                soft = l.soft,
+                hard = l.hard,
+                was = l.before,
+                "file descriptor limit"
+            );
+            l.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the file descriptor limit; assuming 1024");
+            1024
+        }
+    };
+    let limits = ingest::limits::ConnLimits::new(
+        ingest::limits::connection_cap(s.max_connections, fd_soft),
+        s.max_connections_per_ip,
+    );
+    if s.max_connections > limits.max_total() {
+        tracing::warn!(
+            configured = s.max_connections,
+            cap = limits.max_total(),
+            "tcp.max_connections is above what the file descriptor limit allows; lowered"
+        );
+    }
+    tracing::info!(
+        max_connections = limits.max_total(),
+        max_connections_per_ip = limits.max_per_ip(),
+        "tracker connection caps"
+    );
     let tcp = listener(activated.gt06, s.tcp_listen, "GT06 trackers")?;
     let http = listener(activated.http, s.http_listen, "HTTP")?;
     let opened = Store::open(
@@ -176,6 +208,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         migrated = opened.migrated,
         "store open"
     );
+    let live = gt06::live::Hub::new();
     let (writer, writer_thread) = store::writer::spawn(
         opened,
         store::writer::WriterOptions {
@@ -183,6 +216,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
             checkpoint_positions: s.checkpoint_positions,
             checkpoint_interval: s.checkpoint_interval,
             retention: s.retention,
+            live: Some(live.clone()),
             ..Default::default()
         },
     )
@@ -230,6 +264,9 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         online: online.clone(),
         idle_timeout: s.idle_timeout,
         write_timeout: s.write_timeout,
+        login_timeout: s.login_timeout,
+        frame_timeout: s.frame_timeout,
+        limits,
         split: SplitOptions {
             max_frame: s.max_frame_bytes,
             lenient_crc: s.lenient_crc,
@@ -247,6 +284,8 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
     let app = Arc::new(gt06::http::App {
         store: store.clone(),
         online,
+        live,
+        live_stall_timeout: s.live_stall_timeout,
     });
     let http_cancel = CancellationToken::new();
     let http_task = tokio::spawn(gt06::http::serve(

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod export;
 pub mod json;
+pub mod live;
 pub mod route;
 
 use crate::ingest::Online;
@@ -15,7 +16,7 @@ use crate::protocol::Imei;
 use crate::store::Store;
 use bytes::Bytes;
 use error::ApiError;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -44,6 +45,10 @@ const MAX_EXPORT: usize = 1_000_000;
 pub struct App {
     pub store: Store,
     pub online: Online,
+    /// Durable positions and events, for `/api/live`.
+    pub live: crate::live::Hub,
+    /// How long a live stream may stay unread before it is closed.
+    pub live_stall_timeout: Duration,
 }
 
 type Body = Full<Bytes>;
@@ -55,25 +60,44 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut backoff = crate::ingest::limits::AcceptBackoff::default();
     loop {
-        let (sock, _peer) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.succeeded();
+                    x
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let (wait, first) = backoff.failed();
+                    if first {
+                        tracing::warn!(error = %e, "http accept failed; backing off");
+                    }
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },
         };
         let app = app.clone();
         let cancel = cancel.clone();
+        // Lets a live stream whose client stopped reading drop its whole connection.
+        let kill = CancellationToken::new();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         tracker.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, req).await) }
-            });
+            let svc = {
+                let (kill, cancel) = (kill.clone(), cancel.clone());
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let app = app.clone();
+                    let conn = live::Conn {
+                        peer,
+                        fd,
+                        kill: kill.clone(),
+                        shutdown: cancel.clone(),
+                    };
+                    async move { Ok::<_, Infallible>(handle_conn(&app, req, conn).await) }
+                })
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -81,6 +105,7 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                _ = kill.cancelled() => {}
                 _ = cancel.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
@@ -89,6 +114,25 @@ pub async fn serve(
         });
     }
     tracing::info!("http listener stopped accepting");
+}
+
+/// The live stream needs its connection; every other request is answered by `handle`.
+async fn handle_conn(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    conn: live::Conn,
+) -> Response<Either<Body, live::SseBody>> {
+    if let Ok(Route::Live) = Route::parse(req.method(), req.uri().path()) {
+        let started = std::time::Instant::now();
+        let resp = match live::respond(app, req.uri().query().unwrap_or(""), conn) {
+            Ok(resp) => resp.map(Either::Right),
+            Err(e) => json_response(e.status(), &e.body()).map(Either::Left),
+        };
+        // Counted when the stream starts: its duration is the time to the response head.
+        METRICS.http_request("Live", resp.status().as_u16(), started.elapsed());
+        return resp;
+    }
+    handle(app, req).await.map(Either::Left)
 }
 
 async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
@@ -122,6 +166,8 @@ async fn dispatch(app: &Arc<App>, route: Route, query: &str) -> Result<Response<
         Route::Positions(imei) => positions(app, imei, query).await,
         Route::Track(imei, format) => track(app, imei, format, query).await,
         Route::Events => events(app, query).await,
+        // `handle_conn` serves it before `dispatch`: the stream needs its connection.
+        Route::Live => Err(ApiError::NotFound("/api/live".into())),
         Route::HealthLive => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),

@@ -14,6 +14,9 @@ pub enum Route {
     Positions(Imei),
     Track(Imei, TrackFormat),
     Events,
+    /// `GET /api/live`: the Server-Sent Events stream (served by `serve`, which owns
+    /// the connection a stalled stream must be able to close).
+    Live,
     HealthLive,
     HealthReady,
     /// Prometheus text exposition of the frame and connection counters.
@@ -39,6 +42,7 @@ impl Route {
             Route::Positions(_) => "Positions",
             Route::Track(..) => "Track",
             Route::Events => "Events",
+            Route::Live => "Live",
             Route::HealthLive => "HealthLive",
             Route::HealthReady => "HealthReady",
             Route::Metrics => "Metrics",
@@ -62,6 +66,7 @@ impl Route {
                 Route::Track(parse_imei(imei)?, format)
             }
             ["api", "events"] => Route::Events,
+            ["api", "live"] => Route::Live,
             ["health", "live"] => Route::HealthLive,
             ["health", "ready"] => Route::HealthReady,
             ["metrics"] => Route::Metrics,
@@ -109,6 +114,7 @@ mod tests {
             Route::Positions(imei)
         );
         assert_eq!(get("/health/ready").unwrap(), Route::HealthReady);
+        assert_eq!(get("/api/live").unwrap(), Route::Live);
         assert_eq!(get("/metrics").unwrap(), Route::Metrics);
         assert_eq!(
             get("/api/devices/864717003283581/track.gpx").unwrap(),

@@ -11,8 +11,10 @@
 //! connection is closed with one log line and no other connection notices.
 
 pub mod device_time;
+pub mod limits;
 pub mod session;
 
+use crate::ops::metrics::METRICS;
 use crate::protocol::{Model, SplitOptions};
 use crate::store::WriterHandle;
 use std::collections::HashMap;
@@ -28,6 +30,12 @@ pub struct IngestCtx {
     pub online: Online,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// A new connection must have logged in within this.
+    pub login_timeout: Duration,
+    /// A frame must be complete this long after its first byte arrived.
+    pub frame_timeout: Duration,
+    /// The global and per-address connection caps.
+    pub limits: Arc<limits::ConnLimits>,
     pub split: SplitOptions,
     /// How each device's fix times are read and which model it is.
     pub devices: DeviceSettings,
@@ -114,14 +122,20 @@ impl Online {
     }
 }
 
+/// Kernel send buffer of a tracker socket. Answers are ten bytes; this bounds what a
+/// device that stops reading can pin in the kernel (and lets the write timeout notice it).
+const TRACKER_SNDBUF: usize = 8 * 1024;
+
 /// Accepts trackers until `cancel` fires; each connection runs in `tracker`.
+/// Connections over a cap are accepted and closed at once with one log line per address
+/// per minute; accept errors (EMFILE) back off instead of spinning.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<IngestCtx>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = limits::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -129,23 +143,45 @@ pub async fn serve(
         };
         match accepted {
             Ok((sock, peer)) => {
-                backoff = Duration::from_millis(5);
+                if backoff.succeeded() {
+                    tracing::info!("accepting trackers again");
+                }
+                let slot = match ctx.limits.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        METRICS.connection_refused(refusal == limits::Refusal::PerIp);
+                        if ctx.limits.should_warn(peer.ip(), std::time::Instant::now()) {
+                            tracing::warn!(
+                                reason = refusal.reason(),
+                                %peer,
+                                max_connections = ctx.limits.max_total(),
+                                max_connections_per_ip = ctx.limits.max_per_ip(),
+                                "connection refused: cap reached (further refusals of this address are not logged for a minute)"
+                            );
+                        }
+                        drop(sock);
+                        continue;
+                    }
+                };
                 let _ = sock.set_nodelay(true);
+                let _ =
+                    limits::set_send_buffer(std::os::fd::AsRawFd::as_raw_fd(&sock), TRACKER_SNDBUF);
                 let ctx = ctx.clone();
                 let cancel = cancel.clone();
-                tracker.spawn(session::run(sock, peer, ctx, cancel));
+                tracker.spawn(async move {
+                    let _slot = slot;
+                    session::run(sock, peer, ctx, cancel).await
+                });
             }
             Err(e) => {
-                // EMFILE and friends: the condition lasts, so retrying at once would spin
-                // a core. Back off, up to a second, and say so once per episode.
-                if backoff == Duration::from_millis(5) {
-                    tracing::warn!(error = %e, "accept failed; backing off");
+                let (wait, first) = backoff.failed();
+                if first {
+                    tracing::warn!(error = %e, "accept failed; backing off (up to 1 s between tries until it works again)");
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

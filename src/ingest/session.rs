@@ -16,10 +16,11 @@ use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,6 +29,9 @@ const MAX_JUNK_RUN: usize = 4096;
 /// Answers queued for the write half; small, because each one is ten bytes and a device
 /// that stops reading should be pushed back on quickly.
 const OUT_QUEUE: usize = 256;
+/// Room made in the read buffer before each read: frames are tens of bytes, and the
+/// buffer grows when a burst needs more. An idle connection holds no buffer at all.
+const READ_BUF: usize = 512;
 /// A fix this far ahead of the server's clock is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 /// Receipt times of positions are kept to a tenth of a second. What they are for (the
@@ -39,8 +43,16 @@ pub const RECEIPT_RESOLUTION_MS: i64 = 100;
 /// Why a session ended, when it was not the device's choice.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("no data for {0:?}")]
+    #[error("no frame for {0:?}")]
     Idle(Duration),
+    #[error("no login within {0:?} of connecting")]
+    LoginTimeout(Duration),
+    #[error("a frame was started and not finished within {0:?}")]
+    FrameTimeout(Duration),
+    #[error("the device did not take its answers for {0:?}")]
+    WriteTimeout(Duration),
+    #[error("store write failed ({0}); closing without answering")]
+    NotDurable(&'static str),
     #[error("framing lost: {0}")]
     Frame(FrameError),
     #[error("{0} bytes without a frame")]
@@ -57,6 +69,10 @@ impl SessionError {
     pub fn reason(&self) -> &'static str {
         match self {
             SessionError::Idle(_) => "idle_timeout",
+            SessionError::LoginTimeout(_) => "login_timeout",
+            SessionError::FrameTimeout(_) => "frame_timeout",
+            SessionError::WriteTimeout(_) => "write_timeout",
+            SessionError::NotDurable(reason) => reason,
             SessionError::Frame(e) => e.reason(),
             SessionError::Junk(_) => "junk",
             SessionError::Read(_) => "read_error",
@@ -137,13 +153,19 @@ pub async fn run(
             login_tz_min: None,
             detector: OffsetDetector::default(),
         };
-        let result = s.read_loop(&mut rd, &stop).await;
+        let read = s.read_loop(&mut rd, &stop).await;
         if let SessionState::LoggedIn { imei } = s.state {
             s.online.leave(imei.as_u64());
         }
         // Let queued answers go out (the device may still be reading), then end.
         drop(s);
-        let _ = writer.await;
+        let write = writer.await.unwrap_or(Ok(()));
+        // One line per connection: when the write half ended it (the reader then only
+        // sees a closed queue or the stop), its reason is the cause.
+        let result = match (read, write) {
+            (Ok(()) | Err(SessionError::Writer), Err(e)) => Err(e),
+            (read, _) => read,
+        };
         match result {
             Ok(()) => {
                 let why = if cancel.is_cancelled() {
@@ -155,6 +177,10 @@ pub async fn run(
                 };
                 METRICS.connection_closed(why);
                 tracing::debug!(reason = why, "connection closed")
+            }
+            Err(e @ SessionError::NotDurable(_)) => {
+                METRICS.connection_closed("answer_failed");
+                tracing::error!(reason = e.reason(), error = %e, "connection closed")
             }
             Err(e) => {
                 METRICS.connection_closed(e.reason());
@@ -173,26 +199,59 @@ impl Session {
         stop: &CancellationToken,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.split.max_frame * 2;
-        let mut buf = BytesMut::with_capacity(1024);
+        let mut buf = BytesMut::new();
         let mut junk_run = 0usize;
+        let connected = Instant::now();
+        // When the last frame ended or a frame's first bytes arrived: junk alone does
+        // not keep a connection open.
+        let mut last_progress = connected;
+        // When the bytes now waiting for the rest of their frame started to arrive.
+        let mut partial_since: Option<Instant> = None;
         loop {
-            let n = tokio::select! {
+            let mut deadline = (
+                last_progress + self.ctx.idle_timeout,
+                SessionError::Idle(self.ctx.idle_timeout),
+            );
+            if matches!(self.state, SessionState::Anonymous) {
+                let login = connected + self.ctx.login_timeout;
+                if login < deadline.0 {
+                    deadline = (login, SessionError::LoginTimeout(self.ctx.login_timeout));
+                }
+            }
+            if let Some(since) = partial_since {
+                let frame = since + self.ctx.frame_timeout;
+                if frame < deadline.0 {
+                    deadline = (frame, SessionError::FrameTimeout(self.ctx.frame_timeout));
+                }
+            }
+            // Bytes already waiting win over a deadline that passed while this session was
+            // held up by the store (back-pressure): only the device's own silence counts.
+            // Waiting for readability first means a silent connection holds no buffer.
+            tokio::select! {
+                biased;
                 _ = stop.cancelled() => return Ok(()),
-                r = tokio::time::timeout(self.ctx.idle_timeout, rd.read_buf(&mut buf)) => match r {
-                    Err(_) => return Err(SessionError::Idle(self.ctx.idle_timeout)),
-                    Ok(Err(e)) => return Err(SessionError::Read(e)),
-                    Ok(Ok(n)) => n,
-                },
+                r = rd.readable() => r.map_err(SessionError::Read)?,
+                _ = tokio::time::sleep_until(deadline.0) => return Err(deadline.1),
+            }
+            if buf.capacity() - buf.len() < READ_BUF / 2 {
+                buf.reserve(READ_BUF);
+            }
+            let n = match rd.try_read_buf(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(SessionError::Read(e)),
             };
             if n == 0 {
                 return Ok(());
             }
+            let mut completed = false;
             loop {
                 match protocol::split(&buf, &self.ctx.split) {
                     Ok(None) => break,
                     Ok(Some((frame, used))) => {
                         buf.advance(used.min(buf.len()));
                         junk_run = 0;
+                        completed = true;
                         self.handle(frame).await?;
                     }
                     Err(e) => {
@@ -230,6 +289,19 @@ impl Session {
             }
             if buf.len() > cap {
                 return Err(SessionError::Junk(buf.len()));
+            }
+            let now = Instant::now();
+            if completed || (!buf.is_empty() && partial_since.is_none()) {
+                last_progress = now;
+            }
+            if buf.is_empty() {
+                partial_since = None;
+            } else if completed || partial_since.is_none() {
+                partial_since = Some(now);
+            }
+            // Between frames a connection keeps no buffer: most of the time it is idle.
+            if buf.is_empty() {
+                buf = BytesMut::new();
             }
         }
     }
@@ -593,14 +665,15 @@ fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
     }
 }
 
-/// The write half: answers in order, each after its data is durable.
+/// The write half: answers in order, each after its data is durable. Returns why it
+/// stopped early; the session logs it.
 async fn write_answers(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
     durable: Arc<Durability>,
     write_timeout: Duration,
     stop: CancellationToken,
-) {
+) -> Result<(), SessionError> {
     let mut state = durable.subscribe();
     while let Some(out) = rx.recv().await {
         if out.wait_for > 0 {
@@ -613,11 +686,10 @@ async fn write_answers(
                 Ok(Some(reason)) => {
                     // Not durable: saying "got it" would be a lie the device acts on.
                     // Closing makes it reconnect and send again.
-                    tracing::error!(reason, "store write failed; closing without answering");
                     stop.cancel();
-                    return;
+                    return Err(SessionError::NotDurable(reason));
                 }
-                Err(_) => return,
+                Err(_) => return Ok(()),
             }
         }
         match tokio::time::timeout(write_timeout, wr.write_all(&out.bytes)).await {
@@ -625,19 +697,16 @@ async fn write_answers(
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "answer not delivered");
                 stop.cancel();
-                return;
+                return Ok(());
             }
             Err(_) => {
-                tracing::warn!(
-                    reason = "write_timeout",
-                    "device does not read its answers; closing"
-                );
                 stop.cancel();
-                return;
+                return Err(SessionError::WriteTimeout(write_timeout));
             }
         }
     }
     let _ = wr.shutdown().await;
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> i64 {

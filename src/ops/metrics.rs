@@ -71,11 +71,14 @@ impl FrameResult {
 /// `gt06_connections_closed_total`: the session's `reason` strings, plus `device_closed`
 /// (the device hung up), `shutdown` and `answer_failed` (an answer could not be written,
 /// or what it acknowledges could not be stored). Anything else counts as `other`.
-pub const CLOSE_RESULTS: [&str; 13] = [
+pub const CLOSE_RESULTS: [&str; 16] = [
     "device_closed",
     "shutdown",
     "answer_failed",
     "idle_timeout",
+    "login_timeout",
+    "frame_timeout",
+    "write_timeout",
     "malformed",
     "too_long",
     "junk",
@@ -180,6 +183,8 @@ pub struct Metrics {
     connections_total: AtomicU64,
     connections_current: AtomicU64,
     connections_closed: [AtomicU64; CLOSE_RESULTS.len()],
+    /// Tracker connections refused by the global cap, and by the per-address cap.
+    connections_refused: [AtomicU64; 2],
     positions_stored_total: AtomicU64,
     /// Server time (ms) the newest position was handed to the store.
     last_position_ms: AtomicI64,
@@ -221,6 +226,7 @@ impl Metrics {
             connections_total: AtomicU64::new(0),
             connections_current: AtomicU64::new(0),
             connections_closed: [const { AtomicU64::new(0) }; CLOSE_RESULTS.len()],
+            connections_refused: [const { AtomicU64::new(0) }; 2],
             positions_stored_total: AtomicU64::new(0),
             last_position_ms: AtomicI64::new(0),
             writes_refused: [const { AtomicU64::new(0) }; 2],
@@ -251,6 +257,11 @@ impl Metrics {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
         self.connections_current.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard { metrics: self }
+    }
+
+    /// A tracker connection was refused by a cap (`per_ip`: the per-address one).
+    pub fn connection_refused(&self, per_ip: bool) {
+        self.connections_refused[usize::from(per_ip)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A tracker connection ended for `result` (one of [`CLOSE_RESULTS`], else `other`).
@@ -432,6 +443,22 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "gt06_connections_closed_total{{result=\"{result}\"}} {}",
+                load(c)
+            );
+        }
+        head(
+            &mut out,
+            "gt06_connections_refused_total",
+            "counter",
+            "Tracker connections closed at once by a connection cap.",
+        );
+        for (reason, c) in ["max_connections", "max_connections_per_ip"]
+            .iter()
+            .zip(&self.connections_refused)
+        {
+            let _ = writeln!(
+                out,
+                "gt06_connections_refused_total{{reason=\"{reason}\"}} {}",
                 load(c)
             );
         }
@@ -700,6 +727,10 @@ mod tests {
         assert!(text.contains("gt06_connections_total 1\n"));
         assert!(text.contains("gt06_connections_closed_total{result=\"idle_timeout\"} 1\n"));
         assert!(text.contains("gt06_connections_closed_total{result=\"other\"} 1\n"));
+        M.connection_refused(true);
+        assert!(M
+            .render(0)
+            .contains("gt06_connections_refused_total{reason=\"max_connections_per_ip\"} 1\n"));
         assert_eq!(M.frames(FrameResult::Ok, Some(0x12)), 2);
     }
 

@@ -127,7 +127,7 @@ impl WriterHandle {
 }
 
 /// When the writer checkpoints and what it keeps.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WriterOptions {
     pub max_batch: usize,
     /// Seal once this many positions are unsealed (bounds memory and replay time).
@@ -138,6 +138,8 @@ pub struct WriterOptions {
     pub checkpoint_journal_bytes: u64,
     /// Drop blocks whose newest fix is older than this; `None` keeps everything.
     pub retention: Option<Duration>,
+    /// Where durable positions and events are published for `/api/live`.
+    pub live: Option<crate::live::Hub>,
 }
 
 impl Default for WriterOptions {
@@ -148,6 +150,7 @@ impl Default for WriterOptions {
             checkpoint_interval: Duration::from_secs(900),
             checkpoint_journal_bytes: 256 * 1024 * 1024,
             retention: None,
+            live: None,
         }
     }
 }
@@ -286,6 +289,9 @@ impl Writer {
                     let result = self.commit(&batch);
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     notify(&batch, result.as_ref().err());
+                    if let (Ok(()), Some(live)) = (&result, &self.opts.live) {
+                        live.publish(&batch);
+                    }
                     if let Err(e) = result {
                         METRICS.commit_failed();
                         if matches!(e, StoreError::DiskFull) {

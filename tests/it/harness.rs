@@ -62,6 +62,21 @@ impl Gt06 {
         g
     }
 
+    /// Starts in a fresh directory with `toml` as its config file.
+    pub fn start_config(toml: &str) -> Gt06 {
+        let dir = TempDir::new("srv");
+        let config = dir.0.join("gt06.toml");
+        std::fs::write(&config, toml).unwrap();
+        let data = dir.0.join("data");
+        let mut g = Gt06::start_in(&data, &["--config", config.to_str().unwrap()]);
+        g._dir = Some(dir);
+        g
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Starts on `data` with extra arguments after `serve`.
     pub fn start_in(data: &Path, extra: &[&str]) -> Gt06 {
         let log = data.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
