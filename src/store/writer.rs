@@ -196,9 +196,9 @@ struct Checkpoint {
 /// began, `limit` is `checkpoint_positions`.
 fn seal_budget(fresh: usize, limit: usize) -> Duration {
     let limit = limit.max(1);
-    if fresh >= limit.saturating_mul(2) {
+    if fresh >= limit {
         Duration::from_secs(3600)
-    } else if fresh >= limit {
+    } else if fresh >= limit / 2 {
         SEAL_STEP_BUDGET * 5
     } else {
         SEAL_STEP_BUDGET
@@ -448,7 +448,7 @@ impl Writer {
     /// CPU, merges due), the fresh tails would grow without bound. Then sealing takes
     /// longer turns, which slows commits, which fills the bounded request queue, which
     /// stops sessions reading: back-pressure instead of memory. Unsealed positions stay
-    /// below about three times `checkpoint_positions`.
+    /// below about twice `checkpoint_positions`.
     fn seal_budget(&self) -> Duration {
         seal_budget(self.store.fresh_unsealed(), self.opts.checkpoint_positions)
     }
@@ -975,10 +975,10 @@ mod tests {
     #[test]
     fn sealing_takes_longer_turns_when_the_fleet_outruns_it() {
         assert_eq!(seal_budget(0, 1000), SEAL_STEP_BUDGET);
-        assert_eq!(seal_budget(999, 1000), SEAL_STEP_BUDGET);
-        assert_eq!(seal_budget(1000, 1000), SEAL_STEP_BUDGET * 5);
-        // Twice the checkpoint size unsealed: seal the rest before taking more commits.
-        assert!(seal_budget(2000, 1000) >= Duration::from_secs(60));
+        assert_eq!(seal_budget(499, 1000), SEAL_STEP_BUDGET);
+        assert_eq!(seal_budget(500, 1000), SEAL_STEP_BUDGET * 5);
+        // A whole checkpoint's worth arrived while sealing: finish before more commits.
+        assert!(seal_budget(1000, 1000) >= Duration::from_secs(60));
         assert_eq!(seal_budget(5, 0), Duration::from_secs(3600));
     }
 
