@@ -423,7 +423,7 @@ fn check_store(s: &Settings) -> (Check, Option<FixTimes>) {
             None,
         );
     }
-    let opened = match Store::open(
+    let (store, replay) = match Store::open_read_only(
         &s.data_dir,
         OpenOptions {
             cache_bytes: s.cache_bytes,
@@ -458,8 +458,7 @@ fn check_store(s: &Settings) -> (Check, Option<FixTimes>) {
             );
         }
     };
-    let devices: FixTimes = opened
-        .store
+    let devices: FixTimes = store
         .devices()
         .into_iter()
         .map(|(imei, d)| {
@@ -467,7 +466,7 @@ fn check_store(s: &Settings) -> (Check, Option<FixTimes>) {
             (imei, p.map(|p| p.time_ms), p.map(|p| p.received_ms))
         })
         .collect();
-    let report = match opened.store.verify() {
+    let report = match store.verify() {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -480,9 +479,9 @@ fn check_store(s: &Settings) -> (Check, Option<FixTimes>) {
             )
         }
     };
-    let corrupt = opened.replay.corrupt_records;
+    let corrupt = replay.corrupt_records;
     (
-        store_verdict(&s.data_dir, &report, corrupt, opened.store.unsealed()),
+        store_verdict(&s.data_dir, &report, corrupt, store.unsealed()),
         Some(devices),
     )
 }

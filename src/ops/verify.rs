@@ -1,4 +1,5 @@
-//! `gt06 verify`: opens a store (with the service stopped), checks every block's checksum,
+//! `gt06 verify`: opens a store read-only (with the service stopped: the journal is read,
+//! not cut; nothing is migrated or written by gt06), checks every block's checksum,
 //! the block index, and that no fix time is stored twice, and says what is damaged by
 //! device and time range. Exit 0 when clean, 1 when anything is damaged or unreadable.
 //! Given a backup directory (`manifest.json`, no `db/`), it checks the backup instead.
@@ -18,22 +19,22 @@ pub fn main(data_dir: &Path) -> anyhow::Result<bool> {
         data_dir.display(),
         data_dir.display()
     );
-    let opened = Store::open(data_dir, OpenOptions::default())
+    let (store, replay) = Store::open_read_only(data_dir, OpenOptions::default())
         .with_context(|| format!("cannot open the store at {}", data_dir.display()))?;
-    let report = opened.store.verify()?;
+    let report = store.verify()?;
     println!(
         "store {}: {} devices, {} blocks holding {} positions, {} unsealed positions in the journal, {} events",
         data_dir.display(),
         report.devices,
         report.blocks,
         report.positions,
-        opened.store.unsealed(),
+        store.unsealed(),
         report.events
     );
-    if opened.replay.torn_tail_bytes > 0 || opened.replay.corrupt_records > 0 {
+    if replay.torn_tail_bytes > 0 || replay.corrupt_records > 0 {
         println!(
-            "journal: {} bytes of an unfinished last write dropped, {} damaged records",
-            opened.replay.torn_tail_bytes, opened.replay.corrupt_records
+            "journal: {} bytes of an unfinished last write (left in place; `serve` cuts them), {} damaged records",
+            replay.torn_tail_bytes, replay.corrupt_records
         );
     }
     for b in &report.bad {
@@ -46,7 +47,7 @@ pub fn main(data_dir: &Path) -> anyhow::Result<bool> {
             b.problem
         );
     }
-    let ok = report.bad.is_empty() && opened.replay.corrupt_records == 0;
+    let ok = report.bad.is_empty() && replay.corrupt_records == 0;
     println!(
         "{}",
         if ok {

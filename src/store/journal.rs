@@ -78,6 +78,34 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Replays every segment of `dir` in order, like [`Journal::open`], but changes nothing:
+/// no directory is created, a torn tail is counted and left in place, no segment is
+/// started. For `gt06 verify` and `doctor`, which must not alter what they inspect.
+pub fn replay_read_only(
+    dir: &Path,
+    mut apply: impl FnMut(Vec<Op>),
+) -> Result<ReplayStats, StoreError> {
+    let segs = if dir.is_dir() {
+        segments(dir)?
+    } else {
+        Vec::new()
+    };
+    let mut stats = ReplayStats {
+        segments: segs.len(),
+        ..ReplayStats::default()
+    };
+    let last = segs.len().saturating_sub(1);
+    for (i, (_, path)) in segs.iter().enumerate() {
+        let (good, total, corrupt, _) = replay_segment(path, &mut apply, &mut stats.batches)?;
+        if i == last {
+            stats.torn_tail_bytes = total - good;
+        } else if good < total {
+            stats.corrupt_records += corrupt.max(1);
+        }
+    }
+    Ok(stats)
+}
+
 impl Journal {
     /// Opens `dir` (creating it), replays every segment in order and calls `apply` with
     /// each batch, then leaves the journal ready to append to its newest segment.

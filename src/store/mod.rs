@@ -207,12 +207,84 @@ pub struct VerifyReport {
 impl Store {
     /// Opens (or creates) the store under `data_dir`, replaying the journal.
     pub fn open(data_dir: &Path, opts: OpenOptions) -> Result<Opened, StoreError> {
+        let (store, found) = Store::open_db(data_dir, opts, false)?;
+        let migrated = if found == Some(1) {
+            store.migrate_v1()?
+        } else {
+            0
+        };
+        if found != Some(STORE_FORMAT) {
+            store
+                .inner
+                .db
+                .open_tree("meta")?
+                .insert("format", &STORE_FORMAT.to_be_bytes())?;
+            store.sync()?;
+        }
+        let (journal, replay) = journal::Journal::open(&data_dir.join("journal"), |ops| {
+            let mut live = store.live_mut();
+            for op in ops {
+                store.apply(&mut live, &op);
+            }
+        })?;
+        Ok(Opened {
+            store,
+            journal,
+            replay,
+            migrated,
+        })
+    }
+
+    /// Opens a store to look at it (`gt06 verify`, `doctor`): the journal is replayed
+    /// into memory but not cut or extended, nothing is migrated or marked, and no store
+    /// is created where there is none. sled 0.34 has no read-only mode: it writes a new
+    /// snapshot file whenever it opens a store and recovers its log after a crash, which
+    /// changes no data; the journal, and sled's log of a cleanly closed store, stay byte
+    /// for byte (`tests/it/ops.rs`). A foundation-format store is refused here: `serve`
+    /// migrates it.
+    pub fn open_read_only(
+        data_dir: &Path,
+        opts: OpenOptions,
+    ) -> Result<(Store, journal::ReplayStats), StoreError> {
+        let (store, found) = Store::open_db(data_dir, opts, true)?;
+        if found == Some(1) {
+            return Err(StoreError::Open {
+                path: data_dir.join("db"),
+                detail:
+                    "a first-release store (format 1); `gt06 serve` migrates it when it opens it"
+                        .into(),
+            });
+        }
+        // Replayed events wait in the gate's memory (reads see them) instead of going
+        // into the events tree; nobody thaws a read-only store.
+        let _ = store.inner.gate.freeze(std::time::Duration::ZERO, || ());
+        let replay = journal::replay_read_only(&data_dir.join("journal"), |ops| {
+            let mut live = store.live_mut();
+            for op in ops {
+                store.apply(&mut live, &op);
+            }
+        })?;
+        Ok((store, replay))
+    }
+
+    /// Opens sled and the trees; returns the store format found (`None`: a new store).
+    fn open_db(
+        data_dir: &Path,
+        opts: OpenOptions,
+        read_only: bool,
+    ) -> Result<(Store, Option<u64>), StoreError> {
         let path = data_dir.join("db");
         let open_err = |detail: String| StoreError::Open {
             path: path.clone(),
             detail,
         };
-        std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        if read_only {
+            if !path.join("db").is_file() {
+                return Err(open_err("no store here".into()));
+            }
+        } else {
+            std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        }
         let log = path.join("db");
         if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
             sledfile::check_log(&log).map_err(StoreError::Corrupt)?;
@@ -261,27 +333,7 @@ impl Store {
             inner: Arc::new(inner),
         };
         store.load_live()?;
-        let migrated = if found == Some(1) {
-            store.migrate_v1()?
-        } else {
-            0
-        };
-        if found != Some(STORE_FORMAT) {
-            meta.insert("format", &STORE_FORMAT.to_be_bytes())?;
-            store.sync()?;
-        }
-        let (journal, replay) = journal::Journal::open(&data_dir.join("journal"), |ops| {
-            let mut live = store.live_mut();
-            for op in ops {
-                store.apply(&mut live, &op);
-            }
-        })?;
-        Ok(Opened {
-            store,
-            journal,
-            replay,
-            migrated,
-        })
+        Ok((store, found))
     }
 
     fn live(&self) -> RwLockReadGuard<'_, Live> {
