@@ -415,8 +415,9 @@ impl Pending {
         loop {
             match protocol::split(buf, &SplitOptions::default()) {
                 Ok(Some((frame, used))) => {
+                    let (proto, serial) = (frame.proto, frame.serial);
                     buf.advance(used);
-                    match frame.proto {
+                    match proto {
                         0x12 => {
                             totals.positions_acked.fetch_add(1, Ordering::Relaxed);
                         }
@@ -425,9 +426,8 @@ impl Pending {
                                 anyhow::bail!("heartbeat answer without a heartbeat");
                             };
                             anyhow::ensure!(
-                                frame.serial == Some(s),
-                                "heartbeat answer echoes serial {:?}, sent {s}",
-                                frame.serial
+                                serial == Some(s),
+                                "heartbeat answer echoes serial {serial:?}, sent {s}"
                             );
                             totals.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
                             totals.latency.record(sent.elapsed().as_micros() as u64);
@@ -501,7 +501,7 @@ async fn device(
         .await
         .context("no login answer within 5 s")??;
     anyhow::ensure!(
-        ack.proto == 0x01 && ack.serial == Some(1),
+        ack == (0x01, Some(1)),
         "login answer does not echo the login"
     );
     totals.logged_in.fetch_add(1, Ordering::Relaxed);
@@ -615,12 +615,14 @@ async fn flat_out(
     }
 }
 
-async fn next_frame(sock: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<protocol::Frame> {
+/// The next answer's protocol number and serial.
+async fn next_frame(sock: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<(u8, Option<u16>)> {
     loop {
         match protocol::split(buf, &SplitOptions::default()) {
             Ok(Some((frame, used))) => {
+                let head = (frame.proto, frame.serial);
                 buf.advance(used);
-                return Ok(frame);
+                return Ok(head);
             }
             Ok(None) => {}
             Err(e) => anyhow::bail!("server sent an unreadable frame: {e}"),

@@ -249,10 +249,12 @@ impl Session {
                 match protocol::split(&buf, &self.ctx.split) {
                     Ok(None) => break,
                     Ok(Some((frame, used))) => {
-                        buf.advance(used.min(buf.len()));
                         junk_run = 0;
                         completed = true;
+                        // The frame borrows the read buffer (no copy), so it is
+                        // handled before the buffer moves past it.
                         self.handle(frame).await?;
+                        buf.advance(used.min(buf.len()));
                     }
                     Err(e) => {
                         buf.advance(e.consumed().clamp(1, buf.len().max(1)).min(buf.len()));
@@ -306,14 +308,14 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
+    async fn handle(&mut self, frame: Frame<'_>) -> Result<(), SessionError> {
         let msg = match protocol::decode(&frame, &self.decode_ctx) {
             Ok(m) => m,
             Err(e) => {
                 METRICS.frame(FrameResult::DecodeError, Some(frame.proto));
                 if !self.warned.decode {
                     self.warned.decode = true;
-                    tracing::warn!(reason = e.reason(), error = %e, hex = %hex(&frame.raw), "frame not decoded (further ones on this connection are not logged)");
+                    tracing::warn!(reason = e.reason(), error = %e, hex = %hex(frame.raw), "frame not decoded (further ones on this connection are not logged)");
                 }
                 return Ok(());
             }
@@ -393,7 +395,7 @@ impl Session {
         if let Message::Unknown { proto } = msg {
             if !self.warned.unknown.contains(&proto) {
                 self.warned.unknown.push(proto);
-                tracing::warn!(reason = "unknown_type", proto = format_args!("{proto:#04x}"), hex = %hex(&frame.raw), "message type not decoded; not stored");
+                tracing::warn!(reason = "unknown_type", proto = format_args!("{proto:#04x}"), hex = %hex(frame.raw), "message type not decoded; not stored");
             }
         }
         if let Some(bytes) = protocol::reply(&msg, &frame, now).filter(|_| !withheld) {

@@ -245,7 +245,7 @@ fn frame_line(frame: &Frame, ctx: &DecodeCtx, now_ms: i64) -> (String, bool) {
                 ("proto", json!(proto)),
                 ("serial", json!(frame.serial)),
                 ("crc_ok", json!(frame.crc_ok)),
-                ("hex", json!(to_hex(&frame.raw))),
+                ("hex", json!(to_hex(frame.raw))),
             ]);
             return (l, false);
         }
@@ -260,7 +260,7 @@ fn frame_line(frame: &Frame, ctx: &DecodeCtx, now_ms: i64) -> (String, bool) {
     let reply = protocol::reply(&msg, frame, now_ms).map(|r| to_hex(&r));
     fields.push(("reply", json!(reply)));
     if frame.crc_ok == Some(false) || matches!(msg, Message::Unknown { .. }) {
-        fields.push(("hex", json!(to_hex(&frame.raw))));
+        fields.push(("hex", json!(to_hex(frame.raw))));
     }
     let ok = frame.crc_ok != Some(false) && !matches!(msg, Message::Unknown { .. });
     (line(fields), ok)

@@ -85,7 +85,7 @@ impl DecodeError {
 /// [`Message::Unknown`] so the caller can count them and carry on.
 pub fn decode(frame: &Frame, ctx: &DecodeCtx) -> Result<Message, DecodeError> {
     let model = ctx.model;
-    let (proto, c) = (frame.proto, frame.content.as_slice());
+    let (proto, c) = (frame.proto, frame.content);
     let len = c.len();
     let ignored = |reason| Ok(Message::Ignored { proto, reason });
     let msg = match proto {

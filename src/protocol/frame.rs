@@ -18,17 +18,17 @@ pub enum Form {
 
 /// One frame cut out of the stream. Owns its bytes (frames cross a task boundary).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub struct Frame<'a> {
     pub form: Form,
     pub proto: u8,
     /// Bytes after the protocol number up to (not including) the serial.
-    pub content: Vec<u8>,
+    pub content: &'a [u8],
     /// `None` for the length-less 365GPS frames that carry no serial.
     pub serial: Option<u16>,
     /// `None` when the frame kind carries no CRC; `Some(false)` only under lenient policy.
     pub crc_ok: Option<bool>,
     /// The whole frame, start bits to stop bits.
-    pub raw: Vec<u8>,
+    pub raw: &'a [u8],
 }
 
 /// Limits and policy of the splitter.
@@ -100,7 +100,7 @@ impl FrameError {
     }
 }
 
-type SplitResult = Result<Option<(Frame, usize)>, FrameError>;
+type SplitResult<'a> = Result<Option<(Frame<'a>, usize)>, FrameError>;
 
 const MARKER_LEN: usize = 2;
 const SHORT_MARKER: [u8; 2] = [0x78, 0x78];
@@ -119,7 +119,10 @@ const RFID_0X17_LEN: u8 = 0x28;
 
 /// Looks for one frame at the head of `buf`. `Ok(None)`: need more bytes.
 /// `Ok(Some((frame, n)))`: a frame occupying the first `n` bytes.
-pub fn split(buf: &[u8], opts: &SplitOptions) -> Result<Option<(Frame, usize)>, FrameError> {
+pub fn split<'a>(
+    buf: &'a [u8],
+    opts: &SplitOptions,
+) -> Result<Option<(Frame<'a>, usize)>, FrameError> {
     let junk = leading_junk(buf);
     if junk > 0 {
         return Err(FrameError::Junk { skipped: junk });
@@ -276,7 +279,7 @@ fn pick_size(buf: &[u8], form: Form, proto: u8, declared: usize) -> Option<usize
 /// structural — time 6, APs × 7, cell count, MCC/MNC 3, cells × 5 — and there is no serial
 /// and no CRC. `None` when the structural end holds no stop bits: then the frame is taken
 /// to be an ordinary one with a real length byte.
-fn split_365gps_wifi(buf: &[u8], proto: u8, opts: &SplitOptions) -> Option<SplitResult> {
+fn split_365gps_wifi<'a>(buf: &'a [u8], proto: u8, opts: &SplitOptions) -> Option<SplitResult<'a>> {
     let Some(&n_wifi) = buf.get(2) else {
         return Some(Ok(None));
     };
@@ -300,22 +303,22 @@ fn split_365gps_wifi(buf: &[u8], proto: u8, opts: &SplitOptions) -> Option<Split
     let frame = Frame {
         form: Form::Short,
         proto,
-        content: raw.get(4..size - 2).unwrap_or_default().to_vec(),
+        content: raw.get(4..size - 2).unwrap_or_default(),
         serial: None,
         crc_ok: None,
-        raw: raw.to_vec(),
+        raw,
     };
     Some(Ok(Some((frame, size))))
 }
 
 /// Builds the frame from exactly its bytes, checking the CRC where the layout has one.
-fn build_frame(
-    raw: &[u8],
+fn build_frame<'a>(
+    raw: &'a [u8],
     form: Form,
     proto: u8,
     declared: usize,
     opts: &SplitOptions,
-) -> Result<Frame, FrameError> {
+) -> Result<Frame<'a>, FrameError> {
     let size = raw.len();
     let header = match form {
         Form::Short => 4,
@@ -324,10 +327,10 @@ fn build_frame(
     let crc_less = |content_end: usize| Frame {
         form,
         proto,
-        content: raw.get(header..content_end).unwrap_or_default().to_vec(),
+        content: raw.get(header..content_end).unwrap_or_default(),
         serial: None,
         crc_ok: None,
-        raw: raw.to_vec(),
+        raw,
     };
 
     if form == Form::Short {
@@ -384,9 +387,9 @@ fn build_frame(
     Ok(Frame {
         form,
         proto,
-        content: raw.get(header..serial_at).unwrap_or_default().to_vec(),
+        content: raw.get(header..serial_at).unwrap_or_default(),
         serial: Some(u16::from_be_bytes([s_hi, s_lo])),
         crc_ok: Some(crc_ok),
-        raw: raw.to_vec(),
+        raw,
     })
 }

@@ -174,8 +174,8 @@ fn now_ms() -> i64 {
 }
 
 /// What the pure core says one frame of a vector should lead to.
-struct Expected {
-    frame: Frame,
+struct Expected<'a> {
+    frame: Frame<'a>,
     msg: Option<Message>,
     /// Accepted by the session (logged in, or a login).
     accepted: bool,
@@ -193,7 +193,11 @@ struct Oracle {
 impl Oracle {
     /// Splits and decodes a vector the way the server's session does; errors are the
     /// splitter's reasons for bytes that are not frames.
-    fn run(&mut self, input: &[u8], lenient: bool) -> (Vec<Expected>, Vec<&'static str>) {
+    fn run<'a>(
+        &mut self,
+        input: &'a [u8],
+        lenient: bool,
+    ) -> (Vec<Expected<'a>>, Vec<&'static str>) {
         let opts = SplitOptions {
             lenient_crc: lenient,
             ..SplitOptions::default()
@@ -214,7 +218,7 @@ impl Oracle {
                     let accepted = match &msg {
                         Some(Message::Login(l)) => {
                             self.imei = Some(l.imei.to_string());
-                            self.login_frame = Some(frame.raw.clone());
+                            self.login_frame = Some(frame.raw.to_vec());
                             true
                         }
                         _ => self.imei.is_some(),

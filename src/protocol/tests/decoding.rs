@@ -299,10 +299,10 @@ fn decoding_any_content_never_panics() {
                         let frame = Frame {
                             form,
                             proto,
-                            content: content.clone(),
+                            content: &content,
                             serial,
                             crc_ok: serial.map(|_| true),
-                            raw,
+                            raw: &raw,
                         };
                         let _ = decode(&frame, &DecodeCtx::default());
                     }

@@ -65,12 +65,12 @@ fn content_runs_from_after_the_protocol_number_to_the_serial() {
     let f = one_frame(&hex(HEARTBEAT), &strict());
     assert_eq!(
         (f.form, f.proto, f.content),
-        (Form::Short, 0x13, hex("c406040002"))
+        (Form::Short, 0x13, &hex("c406040002")[..])
     );
     let f = one_frame(&hex(LONG_0X94), &strict());
     assert_eq!(
         (f.form, f.proto, f.content),
-        (Form::Long, 0x94, hex("0b02e3"))
+        (Form::Long, 0x94, &hex("0b02e3")[..])
     );
     let f = one_frame(&hex(HEARTBEAT_SHORT_BY_TWO), &strict());
     assert_eq!(f.content, hex("4606020002"));

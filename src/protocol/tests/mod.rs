@@ -37,7 +37,7 @@ pub(crate) fn split_all(stream: &[u8], opts: &SplitOptions) -> Vec<String> {
         match split(&stream[at..], opts) {
             Ok(Some((frame, n))) => {
                 assert_eq!(frame.raw.len(), n, "frame.raw is the n bytes consumed");
-                out.push(to_hex(&frame.raw));
+                out.push(to_hex(frame.raw));
                 at += n;
             }
             Ok(None) => break,
@@ -52,7 +52,9 @@ pub(crate) fn split_all(stream: &[u8], opts: &SplitOptions) -> Vec<String> {
 }
 
 /// The one frame in `bytes`, which must be exactly one frame.
-pub(crate) fn one_frame(bytes: &[u8], opts: &SplitOptions) -> Frame {
+/// The frame borrows a leaked copy of `bytes`, so tests can pass temporaries.
+pub(crate) fn one_frame(bytes: &[u8], opts: &SplitOptions) -> Frame<'static> {
+    let bytes: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
     match split(bytes, opts) {
         Ok(Some((frame, n))) if n == bytes.len() => frame,
         other => panic!("expected one frame of {} bytes, got {other:?}", bytes.len()),

@@ -116,7 +116,7 @@ fn run_frame_vector(v: &Value) -> Outcome {
     let got_hex = match &got {
         Ok(Some((f, _))) => {
             o.lenient = f.crc_ok == Some(false);
-            to_hex(&f.raw)
+            to_hex(f.raw)
         }
         other => format!("{other:?}"),
     };
@@ -191,7 +191,7 @@ fn run_decoder_vector(v: &Value, session: &mut Session) -> Outcome {
     o
 }
 
-fn split_vector(input: &[u8], opts: &SplitOptions) -> (Vec<Frame>, Vec<String>) {
+fn split_vector<'a>(input: &'a [u8], opts: &SplitOptions) -> (Vec<Frame<'a>>, Vec<String>) {
     let (mut frames, mut errors, mut at) = (Vec::new(), Vec::new(), 0);
     while at < input.len() {
         match split(&input[at..], opts) {

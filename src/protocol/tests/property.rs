@@ -174,7 +174,7 @@ fn check_frames_survive_random_reads(frames: &[Vec<u8>]) {
             loop {
                 match split(&buf, &opts) {
                     Ok(Some((frame, n))) => {
-                        got.push(frame.raw);
+                        got.push(frame.raw.to_vec());
                         buf.drain(..n);
                     }
                     Ok(None) => break,
