@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Ingest at fleet scale (issue 6): gt06 measured side by side with the Node + PostgreSQL
+# peer and with nullsink (the machine's limit), REPEATS rounds, ratios from the same round.
+#
+#   benches/ingest/run.sh [SHARED] [SCRATCH] [-- extra bench.py options]
+#     SHARED   the read-only ../shared (tools/ and peers/); default: the repo's ../shared
+#     SCRATCH  where tools and peer are copied, built and run; default /tmp/gt06-bench
+#   env: REPEATS (3), SCENARIOS (a,b,d,e), SOAK (once|each|off; default once: the
+#        10-minute soak (c) runs in round 1 only), OUT (SCRATCH/results-DATE),
+#        GT06_TCP_EXTRA ('key = value;...' extra [tcp] lines for gt06's config)
+#
+# Builds: gt06 (cargo build --release, here), gt06load + nullsink (release, in SCRATCH),
+# the peer (its setup.sh: PostgreSQL via apt if absent, npm ci). Then bench.py runs the
+# scenarios (see its docstring) and prints markdown tables; all numbers land in
+# OUT/results.json, the tables in OUT/report.md.
+# Runtime: one round of a, b, d, e is ~16 minutes on the 2-core machine; the soak adds
+# ~22 minutes (10 min gt06 + 10 min peer + exports) each time it runs.
+# Everything listens on and connects to 127.0.0.1 only.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SHARED=${1:-$REPO/../shared}
+SCRATCH=${2:-/tmp/gt06-bench}
+shift $(($# > 2 ? 2 : $#))
+[ "${1:-}" = "--" ] && shift
+SHARED=$(cd "$SHARED" && pwd)
+mkdir -p "$SCRATCH"
+SCRATCH=$(cd "$SCRATCH" && pwd)
+OUT=${OUT:-$SCRATCH/results-$(date +%Y%m%d-%H%M%S)}
+
+# Tools and peer: copied side by side (they find each other by relative path); an existing
+# copy keeps its build products (target/, node_modules/).
+for d in tools peers; do
+  mkdir -p "$SCRATCH/$d"
+  (cd "$SHARED/$d" && tar cf - --exclude=target --exclude=node_modules .) | (cd "$SCRATCH/$d" && tar xf -)
+  chmod -R u+w "$SCRATCH/$d"
+done
+echo "building gt06load + nullsink (release)"
+(cd "$SCRATCH/tools/gt06load" && cargo build --release -q)
+echo "preparing the peer (PostgreSQL, npm ci)"
+"$SCRATCH/peers/node-gt06/setup.sh" | tail -n 2
+echo "building gt06 (release)"
+(cd "$REPO" && cargo build --release -q)
+
+# One descriptor per tracker: 19,900 trackers need ~19,950 in the server and as many in
+# gt06load (each raises its own soft limit too, where it can).
+ulimit -n "$(ulimit -Hn)"
+echo "RLIMIT_NOFILE soft/hard: $(ulimit -Sn)/$(ulimit -Hn)"
+
+mkdir -p "$OUT"
+echo "results: $OUT"
+exec python3 "$HERE/bench.py" --scratch "$SCRATCH" --gt06 "$REPO/target/release/gt06" --out "$OUT" \
+  --config-example "$REPO/gt06.toml.example" --repeats "${REPEATS:-3}" --scenarios "${SCENARIOS:-a,b,d,e}" \
+  --soak "${SOAK:-once}" "$@"
