@@ -558,11 +558,12 @@ def last_json(text):
 
 
 def progress_at(progress, secs):
-    """`logged in` count of gt06load's progress line at SECS seconds."""
+    """`logged in` count of gt06load's first progress line at or after SECS seconds, and
+    that line's time (a starved load generator prints its 5-second ticks late)."""
     for p in progress:
         m = re.match(r"\[\s*(\d+)s\] connected (\d+) logged in (\d+)", p)
-        if m and int(m.group(1)) == secs:
-            return int(m.group(3))
+        if m and int(m.group(1)) >= secs:
+            return [int(m.group(3)), int(m.group(1))]
     return None
 
 
@@ -622,7 +623,7 @@ def machine_notes():
     top = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
     return {"time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
             "mem_total_mib": int(mem) // 1024, "loadavg": open("/proc/loadavg").read().strip(),
-            "kernel": os.uname().release, "nofile_soft_hard": list(__import__("resource").getrlimit(7)),
+            "kernel": os.uname().release, "nice": os.nice(0), "nofile_soft_hard": list(__import__("resource").getrlimit(7)),
             "top_cpu": top.splitlines()[1:6]}
 
 
@@ -632,6 +633,12 @@ def f(v, nd=0):
     if isinstance(v, float) or isinstance(v, int):
         return f"{v:,.{nd}f}"
     return str(v)
+
+
+def at_10s(v):
+    if not v:
+        return "–"
+    return f"{v[0]:,}" + ("" if v[1] == 10 else f" (at {v[1]} s)")
 
 
 def peer_backlog(r):
@@ -706,7 +713,7 @@ def report(res):
                     continue
                 la = r.get("login_ack_ms") or {}
                 v = r.get("verify") or {}
-                L.append(f"| {n} | {k} | {f(r.get('startup_s'), 2)} | {r['login_ok']}/{r['devices_requested']} | {f(r['logged_in_at_10s'])} | "
+                L.append(f"| {n} | {k} | {f(r.get('startup_s'), 2)} | {r['login_ok']}/{r['devices_requested']} | {at_10s(r['logged_in_at_10s'])} | "
                          f"{f(la.get('p99'), 1)} / {f(la.get('max'), 1)} | {f(r['ramp_plus_login_max_s'], 2)} s | "
                          f"{f(r['rss_before_mib'])} → {f(r['rss_max_mib'])} ({f(r.get('rss_per_connection_kib'), 1)}) | "
                          f"{v.get('missing', '–')} of {f(v.get('sent'))} |")
