@@ -56,11 +56,15 @@ NICE=${NICE:--10}
 PGPIDS=$(ps -C postgres -o pid= | tr '\n' ' ')
 if [ "$NICE" != 0 ]; then
   renice -n "$NICE" -p $$ $PGPIDS >/dev/null || echo "renice failed: running at the default priority"
-  trap 'renice -n 0 -p $PGPIDS >/dev/null 2>&1 || true' EXIT
+  # With autogroup scheduling, nice only ranks processes within a session; the session's
+  # own weight against the other sessions is its autogroup's nice (PostgreSQL runs in
+  # the session that started it).
+  for p in $$ $PGPIDS; do echo "$NICE" >"/proc/$p/autogroup" 2>/dev/null || true; done
+  trap 'renice -n 0 -p $PGPIDS >/dev/null 2>&1 || true; for p in $PGPIDS; do echo 0 >"/proc/$p/autogroup" 2>/dev/null || true; done' EXIT
 fi
 
 mkdir -p "$OUT"
-echo "results: $OUT (nice $(nice))"
+echo "results: $OUT (nice $(nice), $(cat /proc/$$/autogroup))"
 python3 "$HERE/bench.py" --scratch "$SCRATCH" --gt06 "$REPO/target/release/gt06" --out "$OUT" \
   --config-example "$REPO/gt06.toml.example" --repeats "${REPEATS:-3}" --scenarios "${SCENARIOS:-a,b,d,e}" \
   --soak "${SOAK:-once}" "$@"
