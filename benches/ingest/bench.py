@@ -204,7 +204,12 @@ class Bench:
         d = srv["dir"]
         out_json = os.path.join(d, f"{name}.load.json")
         rec = os.path.join(d, f"{name}.record.jsonl") if record else None
-        cmd = [self.load_bin, srv["tcp"], *load_args, "--threads", "1", "--out", out_json]
+        # Several loopback source addresses: with ~20,000 connections (plus the previous
+        # run's TIME_WAITs) on one address, the kernel's ephemeral-port search inside
+        # connect() stalls gt06load's one thread for seconds (measured: 10 s of system
+        # CPU and a 2.5 s login ACK max against nullsink with 1 address, 0.09 s with 4).
+        cmd = [self.load_bin, srv["tcp"], *load_args, "--threads", "1", "--src-ips", str(self.a.src_ips),
+               "--out", out_json]
         if rec:
             cmd += ["--record", rec]
         with open(os.path.join(d, f"{name}.load.txt"), "w") as lf:
@@ -774,6 +779,7 @@ def main():
     p.add_argument("--quiet-wait", type=float, default=10,
                    help="longest wait for the machine to be quiet before each measurement, s")
     p.add_argument("--pgport", type=int, default=54329)
+    p.add_argument("--src-ips", type=int, default=4, help="gt06load --src-ips (127.0.0.1..N)")
     p.add_argument("--keep", action="store_true", help="keep records and exports")
     p.add_argument("--servers-a", default="sink,peer-nodb,peer-db,gt06")
     p.add_argument("--servers-b", default="sink,peer-nodb,peer-db,gt06")
