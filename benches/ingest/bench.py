@@ -220,13 +220,14 @@ class Bench:
         progress = [ln.strip() for ln in open(os.path.join(d, f"{name}.load.txt")) if ln.startswith("[")]
         return load, rc, round(ru.ru_utime + ru.ru_stime, 1), rec, progress, " ".join(cmd[1:])
 
-    def measure(self, srv, name, load_args, record=True, peer_drain=True, side=None):
+    def measure(self, srv, name, load_args, record=True, peer_drain=True, side=None, quiet=True):
         """One gt06load run against a started server, with CPU, RSS and (for the peer with
         PostgreSQL) the wait for its insert queue. `side` is started just before the load
         and joined after it (the bad clients)."""
         kind = srv["kind"]
-        quiet = self.wait_quiet()
+        quiet = self.wait_quiet() if quiet else None
         busy0, pg0, srv0, la0 = busy_cpu(), pg_cpu(), cpu_of(srv["pid"]), loadavg()
+        ov0 = listen_overflows()
         t0 = time.monotonic()
         w0 = time.time()
         side_t = None
@@ -244,6 +245,7 @@ class Bench:
             r.update(self.peer_drain(srv, load, w0))
         t2 = time.monotonic()
         srv1, pg1, busy1, la1 = cpu_of(srv["pid"]), pg_cpu(), busy_cpu(), loadavg()
+        ov1 = listen_overflows()
         rss = srv["sampler"].window(t0, t2)
         dev = load.get("devices", {})
         r.update({
@@ -263,6 +265,8 @@ class Bench:
             "server_cpu_s": round(srv1 - srv0, 1), "postgres_cpu_s": round(pg1 - pg0, 1),
             "gt06load_cpu_s": load_cpu, "wall_s": round(t2 - t0, 1),
             "machine_busy_cpu_s": round(busy1 - busy0, 1), "loadavg_start_end": [la0, la1],
+            # machine-wide: handshakes dropped because a listener's accept queue was full
+            "listen_overflows": ov1[0] - ov0[0], "listen_drops": ov1[1] - ov0[1],
         })
         ours = r["server_cpu_s"] + r["postgres_cpu_s"] + load_cpu
         r["other_cpu_s"] = round(max(0.0, r["machine_busy_cpu_s"] - ours), 1)
@@ -360,8 +364,8 @@ class Bench:
                 f"verify {brief_verify(r)}")
         return res
 
-    def fleet_args(self):
-        return ["--devices", str(self.a.fleet), "--rate", "1", "--ramp", str(self.a.fleet_ramp),
+    def fleet_args(self, devices=None):
+        return ["--devices", str(devices or self.a.fleet), "--rate", "1", "--ramp", str(self.a.fleet_ramp),
                 "--duration", str(self.a.fleet_s), "--heartbeat-every", "5"]
 
     def scenario_b(self, rd):
@@ -371,18 +375,43 @@ class Bench:
             if kind == "peer-db":
                 self.sql("TRUNCATE positions", "CHECKPOINT")
             srv = self.start(kind, d)
-            args = self.fleet_args() + ["--start-ts", str(self.start_ts(self.a.fleet_ramp + self.a.fleet_s))]
+            ts = self.start_ts(self.a.fleet_ramp + self.a.fleet_s)
+            args = self.fleet_args(self.a.fleet - self.a.probe) + ["--start-ts", str(ts)]
+            probe = {}
+            side = None
+            if self.a.probe:
+                # The fleet's own p99 ends in its final barrier: every device sends its last
+                # heartbeat at the same instant (a sixth of all heartbeats here). A probe of
+                # `--probe` of the trackers, a heartbeat after every fix, joins after the
+                # ramp and leaves before the end, so its p99 is the steady state's.
+                pargs = ["--devices", str(self.a.probe), "--rate", "1", "--ramp", "1",
+                         "--duration", str(max(5.0, self.a.fleet_s - 10)), "--heartbeat-every", "1",
+                         "--imei-base", "861000000000000", "--start-ts", str(ts)]
+
+                def side():
+                    time.sleep(self.a.fleet_ramp + 2)
+                    probe["r"] = self.run_load(srv, "probe", pargs, record=kind in ("gt06", "peer-db"))
             log(f"b: {kind}")
-            r = self.measure(srv, "fleet", args, record=kind in ("gt06", "peer-db"))
+            r = self.measure(srv, "fleet", args, record=kind in ("gt06", "peer-db"), side=side)
+            records = [r["record"]]
+            if probe:
+                pl, prc, pcpu, prec, _, pcmd = probe["r"]
+                r["other_cpu_s"] = round(max(0.0, r["other_cpu_s"] - pcpu), 1)
+                r["probe"] = {"gt06load_cmd": pcmd, "gt06load_exit": prc, "gt06load_cpu_s": pcpu,
+                              "login_ok": pl.get("devices", {}).get("login_ok"),
+                              "heartbeats_unacked": pl.get("heartbeats_unacked"),
+                              "heartbeat_ack_ms": pl.get("heartbeat_ack_ms"),
+                              "positions_sent": pl.get("sent", {}).get("positions")}
+                records.append(prec)
             if kind == "gt06":
-                self.verify_stored(srv, r, [r["record"]])
+                self.verify_stored(srv, r, records)
                 res["_gt06_data"] = srv["data_dir"]
             r.update(self.stop(srv))
             if kind == "peer-db":
-                self.verify_stored(srv, r, [r["record"]])
+                self.verify_stored(srv, r, records)
             r["log_summary"] = log_summary(srv)
             res[kind] = r
-            log(f"b: {kind} login {r['login_ok']}/{r['devices_requested']} unacked {r['heartbeats_unacked']} "
+            log(f"b: {kind} probe p99 {((r.get('probe') or {}).get('heartbeat_ack_ms') or {}).get('p99')} login {r['login_ok']}/{r['devices_requested']} unacked {r['heartbeats_unacked']} "
                 f"p99 {(r['heartbeat_ack_ms'] or {}).get('p99')} rss {r['rss_max_mib']} verify {brief_verify(r)}")
         return res
 
@@ -468,8 +497,9 @@ class Bench:
             for m in range(self.a.soak_minutes):
                 args = ["--devices", "1000", "--rate", "1", "--ramp", "1", "--duration", "59",
                         "--heartbeat-every", "5", "--start-ts", str(self.start_ts(60))]
+                # back to back: no wait for a quiet machine between the minutes of a soak
                 r = self.measure(srv, f"min{m + 1:02d}", args, record=kind in ("gt06", "peer-db"),
-                                 peer_drain=False)
+                                 peer_drain=False, quiet=m == 0)
                 minutes.append(r)
                 log(f"c: {kind} minute {m + 1} p99 {(r['heartbeat_ack_ms'] or {}).get('p99')} rss {r['rss_max_mib']}")
             v = {"name": "soak"}
@@ -530,6 +560,15 @@ class Bench:
 
 
 # ---- helpers
+def listen_overflows():
+    """TcpExt ListenOverflows, ListenDrops (all of the machine's listeners)."""
+    lines = [ln.split() for ln in open("/proc/net/netstat") if ln.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return (0, 0)
+    d = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
+    return (d.get("ListenOverflows", 0), d.get("ListenDrops", 0))
+
+
 def wait_for_line(path, pattern, timeout):
     deadline = time.monotonic() + timeout
     rx = re.compile(pattern)
@@ -640,6 +679,14 @@ def f(v, nd=0):
     return str(v)
 
 
+def probe_cell(r):
+    p = r.get("probe")
+    if not p:
+        return "–"
+    h = p.get("heartbeat_ack_ms") or {}
+    return f"{f(h.get('p50'), 2)} / {f(h.get('p99'), 2)} / {f(h.get('max'), 1)} ({p.get('heartbeats_unacked')})"
+
+
 def at_10s(v):
     if not v:
         return "–"
@@ -692,8 +739,8 @@ def report(res):
     rows = [(x["round"], x["b"]) for x in rounds if "b" in x]
     if rows:
         L += ["### b) 19,900 trackers at 1 fix/s", "",
-              "| round | server | logins ok | HB sent / unACKed | HB ACK p50 / p99 / max ms | RSS max MiB | stored: missing of sent | peer backlog after load s | server CPU s | other CPU s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| round | server | logins ok | HB sent / unACKed | HB ACK p50 / p99 / max ms | probe HB p50 / p99 / max ms (unACKed) | RSS max MiB | stored: missing of sent | peer backlog after load s | server CPU s | other CPU s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, b in rows:
             for k in ("sink", "peer-nodb", "peer-db", "gt06"):
                 r = b.get(k)
@@ -701,7 +748,7 @@ def report(res):
                     continue
                 v = r.get("verify") or {}
                 L.append(f"| {n} | {k} | {r['login_ok']}/{r['devices_requested']} | {f(r['heartbeats_sent'])} / {f(r['heartbeats_unacked'])} | "
-                         f"{f(hb(r, 'p50'), 2)} / {f(hb(r), 2)} / {f(hb(r, 'max'), 1)} | {f(r['rss_max_mib'])} | "
+                         f"{f(hb(r, 'p50'), 2)} / {f(hb(r), 2)} / {f(hb(r, 'max'), 1)} | {probe_cell(r)} | {f(r['rss_max_mib'])} | "
                          f"{(str(v.get('missing')) + ' of ' + f(v.get('sent'))) if v else '–'} | {peer_backlog(r)} | "
                          f"{f(r['server_cpu_s'], 1)} | {f(r['other_cpu_s'], 1)} |")
         L.append("")
@@ -709,8 +756,8 @@ def report(res):
     rows = [(x["round"], x["d"]) for x in rounds if "d" in x]
     if rows:
         L += ["### d) reconnect storm: 19,900 trackers within 5 s to a restarted server holding (b)'s store", "",
-              "| round | server | startup s | logins ok | logged in at 10 s | login ACK p99 / max ms | 5 s + max login ACK | RSS before → max MiB (per connection KiB) | stored: missing |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| round | server | startup s | logins ok | logged in at 10 s | login ACK p99 / max ms | 5 s + max login ACK | listen overflows | RSS before → max MiB (per connection KiB) | stored: missing |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for n, d in rows:
             for k in ("sink", "peer-db", "gt06"):
                 r = d.get(k)
@@ -719,7 +766,7 @@ def report(res):
                 la = r.get("login_ack_ms") or {}
                 v = r.get("verify") or {}
                 L.append(f"| {n} | {k} | {f(r.get('startup_s'), 2)} | {r['login_ok']}/{r['devices_requested']} | {at_10s(r['logged_in_at_10s'])} | "
-                         f"{f(la.get('p99'), 1)} / {f(la.get('max'), 1)} | {f(r['ramp_plus_login_max_s'], 2)} s | "
+                         f"{f(la.get('p99'), 1)} / {f(la.get('max'), 1)} | {f(r['ramp_plus_login_max_s'], 2)} s | {f(r.get('listen_overflows'))} | "
                          f"{f(r['rss_before_mib'])} → {f(r['rss_max_mib'])} ({f(r.get('rss_per_connection_kib'), 1)}) | "
                          f"{v.get('missing', '–')} of {f(v.get('sent'))} |")
         L.append("")
@@ -772,6 +819,8 @@ def main():
     p.add_argument("--fleet", type=int, default=19900)
     p.add_argument("--fleet-ramp", type=float, default=10)
     p.add_argument("--fleet-s", type=float, default=30)
+    p.add_argument("--probe", type=int, default=100,
+                   help="(b): this many of the trackers form a steady-state latency probe (0: none)")
     p.add_argument("--bad-fleet", type=int, default=5000)
     p.add_argument("--bad-s", type=float, default=30)
     p.add_argument("--peer-drain-max", type=float, default=120,
