@@ -225,6 +225,7 @@ class Bench:
         PostgreSQL) the wait for its insert queue. `side` is started just before the load
         and joined after it (the bad clients)."""
         kind = srv["kind"]
+        tw = wait_time_wait(self.a.time_wait_max) if quiet else None
         quiet = self.wait_quiet() if quiet else None
         busy0, pg0, srv0, la0 = busy_cpu(), pg_cpu(), cpu_of(srv["pid"]), loadavg()
         ov0 = listen_overflows()
@@ -240,7 +241,7 @@ class Bench:
         if side_t:
             side_t.join()
         r = {"server": kind, "name": name, "gt06load_cmd": cmd, "gt06load_exit": rc, "wall_start": w0,
-             "busy_before_pct_of_core": quiet}
+             "busy_before_pct_of_core": quiet, "time_wait_before": tw}
         if kind == "peer-db" and peer_drain:
             r.update(self.peer_drain(srv, load, w0))
         t2 = time.monotonic()
@@ -560,6 +561,21 @@ class Bench:
 
 
 # ---- helpers
+def wait_time_wait(limit_s, below=2000):
+    """Waits (at most limit_s) until the previous runs' TIME_WAIT sockets are gone: with
+    tens of thousands of them on the loopback addresses, the kernel's port search in
+    connect() costs gt06load's one thread seconds (measured: a storm right after another
+    storm spent 21.8 s of gt06load CPU and stalled it for 18 s; alone, 2.9 s and none).
+    Returns how many were left."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        out = subprocess.run(["ss", "-Htan", "state", "time-wait"], capture_output=True, text=True).stdout
+        n = out.count("\n")
+        if n < below or time.monotonic() >= deadline:
+            return n
+        time.sleep(1)
+
+
 def listen_overflows():
     """TcpExt ListenOverflows, ListenDrops (all of the machine's listeners)."""
     lines = [ln.split() for ln in open("/proc/net/netstat") if ln.startswith("TcpExt:")]
@@ -825,6 +841,8 @@ def main():
     p.add_argument("--bad-s", type=float, default=30)
     p.add_argument("--peer-drain-max", type=float, default=120,
                    help="longest wait for the peer's INSERT queue after a load, s")
+    p.add_argument("--time-wait-max", type=float, default=70,
+                   help="longest wait for earlier runs' TIME_WAIT sockets to expire before a measurement, s")
     p.add_argument("--quiet-wait", type=float, default=10,
                    help="longest wait for the machine to be quiet before each measurement, s")
     p.add_argument("--pgport", type=int, default=54329)

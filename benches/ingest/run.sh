@@ -14,8 +14,10 @@
 # the peer (its setup.sh: PostgreSQL via apt if absent, npm ci). Then bench.py runs the
 # scenarios (see its docstring) and prints markdown tables; all numbers land in
 # OUT/results.json, the tables in OUT/report.md.
-# Runtime: one round of a, b, d, e is ~16 minutes on the 2-core machine; the soak adds
-# ~22 minutes (10 min gt06 + 10 min peer + exports) each time it runs.
+# Runtime on the 2-core machine: one round of a, b, d, e takes ~20 minutes (measured
+# 12-14 before the waits for TIME_WAIT sockets to expire were added, which cost up to
+# 70 s before each 19,900-tracker run); the soak adds ~23 minutes (10 one-minute loads
+# for gt06, 10 for the peer, exports) each time it runs. REPEATS=3 SOAK=once: ~85 min.
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
