@@ -1,9 +1,9 @@
 //! `gt06 backup` and `gt06 restore`: under load, while a freeze is held, to bad targets,
 //! into non-empty or damaged places, and with no server at all.
 
-use crate::durability::{fix, stored_times, START_S};
+use crate::durability::{fix, heartbeat_status, stored_times, LBS, START_S};
 use crate::harness::*;
-use gt06::protocol::{encode, Imei, Lbs, Status};
+use gt06::protocol::{encode, Imei};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -86,20 +86,7 @@ fn stream(addr: SocketAddr, imei: Imei, stop: &AtomicBool, acked: &Acked) {
     sock.write_all(&encode::login(imei, 1)).unwrap();
     let mut buf = [0u8; 10];
     sock.read_exact(&mut buf).unwrap();
-    let lbs = Lbs {
-        mcc: 1,
-        mnc: 1,
-        lac: 1,
-        cell: 1,
-    };
-    let hb = Status {
-        info: 0x06,
-        voltage_level: Some(5),
-        gsm_signal: Some(4),
-        alarm_code: Some(0),
-        language: Some(2),
-        ..Status::default()
-    };
+    let hb = heartbeat_status();
     let (mut k, mut serial) = (0u64, 1u16);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -108,7 +95,7 @@ fn stream(addr: SocketAddr, imei: Imei, stop: &AtomicBool, acked: &Acked) {
         for _ in 0..10 {
             serial = serial.wrapping_add(1);
             let t = START_S + k as i64;
-            out.extend(encode::location_0x12(&fix(t, k), &lbs, serial));
+            out.extend(encode::location_0x12(&fix(t, k), &LBS, serial));
             batch.push(t * 1000);
             k += 1;
         }

@@ -4,6 +4,7 @@
 //!
 //! Mounting needs root (CI runs as root); without it these tests print why and pass.
 
+use crate::durability::{heartbeat_status, START_S};
 use crate::harness::*;
 use gt06::protocol::{encode, DeviceTime, Gps, Imei, Lbs, Location, Status};
 use std::io::{Read, Write};
@@ -13,7 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
-const START_S: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
 /// A tmpfs of a few MiB, unmounted (lazily if the server still holds it) on drop.
 struct Tmpfs {
@@ -103,17 +103,6 @@ const LBS: Lbs = Lbs {
     cell: 9,
 };
 
-fn hb_status() -> Status {
-    Status {
-        info: 0x06,
-        voltage_level: Some(5),
-        gsm_signal: Some(4),
-        alarm_code: Some(0),
-        language: Some(2),
-        ..Status::default()
-    }
-}
-
 /// One tracker with its own serial numbers and fix times.
 struct Tracker {
     sock: TcpStream,
@@ -160,7 +149,7 @@ impl Tracker {
 
     fn heartbeat(&mut self) -> (Vec<u8>, u16) {
         let s = self.next_serial();
-        (encode::heartbeat(&hb_status(), s), s)
+        (encode::heartbeat(&heartbeat_status(), s), s)
     }
 
     /// `n` locations then a heartbeat; the fix times once every answer came back.

@@ -14,6 +14,26 @@ const BUSY_CONFIG: &str = "[store]\ncheckpoint_positions = 1000\ncheckpoint_inte
 const DEVICES: u64 = 4;
 pub(crate) const START_S: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
+/// The serving cell every test tracker reports.
+pub(crate) const LBS: Lbs = Lbs {
+    mcc: 1,
+    mnc: 1,
+    lac: 1,
+    cell: 1,
+};
+
+/// A healthy tracker's heartbeat status (ACC on, good battery and signal).
+pub(crate) fn heartbeat_status() -> Status {
+    Status {
+        info: 0x06,
+        voltage_level: Some(5),
+        gsm_signal: Some(4),
+        alarm_code: Some(0),
+        language: Some(2),
+        ..Status::default()
+    }
+}
+
 pub(crate) fn fix(t_s: i64, k: u64) -> Gps {
     Gps {
         time: Some(DeviceTime::from_unix_ms_utc(t_s * 1000)),
@@ -51,20 +71,7 @@ fn run_device(
     if sock.read_exact(&mut buf).is_err() {
         return;
     }
-    let lbs = Lbs {
-        mcc: 1,
-        mnc: 1,
-        lac: 1,
-        cell: 1,
-    };
-    let hb = Status {
-        info: 0x06,
-        voltage_level: Some(5),
-        gsm_signal: Some(4),
-        alarm_code: Some(0),
-        language: Some(2),
-        ..Status::default()
-    };
+    let hb = heartbeat_status();
     let sos = Status {
         info: 0x22,
         voltage_level: Some(5),
@@ -81,13 +88,13 @@ fn run_device(
             if i == 10 {
                 let loc = Location {
                     gps: fix(t, *next_k),
-                    lbs: Some(lbs),
+                    lbs: Some(LBS),
                     ..Location::default()
                 };
                 out.extend(encode::alarm(0x16, &loc, &sos, 0x01, serial));
                 alarm_t = t * 1000;
             } else {
-                out.extend(encode::location_0x12(&fix(t, *next_k), &lbs, serial));
+                out.extend(encode::location_0x12(&fix(t, *next_k), &LBS, serial));
             }
             batch.push(t * 1000);
             *next_k += 1;
@@ -263,17 +270,11 @@ fn a_copy_of_the_data_dir_taken_after_a_clean_stop_is_a_complete_backup() {
     let mut g = Gt06::start_in(&data, &[]);
     let imei = Imei::parse("864717003283581").unwrap();
     let mut d = g.logged_in(&imei.to_string(), 1);
-    let lbs = Lbs {
-        mcc: 1,
-        mnc: 1,
-        lac: 1,
-        cell: 1,
-    };
     for k in 0..30u64 {
         let s = 2 + k as u16;
         assert_eq!(
             d.send_expect(
-                &encode::location_0x12(&fix(START_S + k as i64, k), &lbs, s),
+                &encode::location_0x12(&fix(START_S + k as i64, k), &LBS, s),
                 10
             ),
             ack(0x12, s)

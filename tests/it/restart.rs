@@ -9,8 +9,9 @@
 //! socket as fd 3 and `LISTEN_FDS=1` / `LISTEN_PID=<the new pid>` (set by a `sh` that
 //! `exec`s the server, so the pid is right without touching the environment after fork).
 
+use crate::durability::{heartbeat_status, LBS, START_S};
 use crate::harness::*;
-use gt06::protocol::{encode, DeviceTime, Gps, Imei, Lbs, Status};
+use gt06::protocol::{encode, DeviceTime, Gps, Imei};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const START_S: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 /// Positions per batch; a batch counts as ACKed when the heartbeat after it is answered.
 const BATCH: usize = 4;
 /// Longer than a restart takes: a device waiting in the backlog must not give up.
@@ -186,24 +186,6 @@ fn fix(t_s: i64, k: u64) -> Gps {
         course: (k % 360) as u16,
         fixed: true,
         ..Gps::default()
-    }
-}
-
-const LBS: Lbs = Lbs {
-    mcc: 1,
-    mnc: 1,
-    lac: 1,
-    cell: 1,
-};
-
-fn heartbeat_status() -> Status {
-    Status {
-        info: 0x06,
-        voltage_level: Some(5),
-        gsm_signal: Some(4),
-        alarm_code: Some(0),
-        language: Some(2),
-        ..Status::default()
     }
 }
 
