@@ -110,6 +110,12 @@ pub struct BenchStoreArgs {
     /// A request waits for durability every this many (as a heartbeat would).
     #[arg(long, default_value_t = 1000)]
     pub ack_every: u64,
+    /// sled's cache, MiB (`store.cache_mb`; the default is the server's).
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
+    /// Internal: only reopen and read an existing benchmark store (the second process).
+    #[arg(long, hide = true)]
+    pub read_phase: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -197,7 +197,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             max_batch: 4096,
-            cache_mb: 64,
+            cache_mb: crate::store::DEFAULT_CACHE_MB,
             checkpoint_positions: 2_000_000,
             checkpoint_interval_secs: 900,
             retention_days: 0,

@@ -323,7 +323,8 @@ class Bench:
         csv = os.path.join(d, f"{r['name']}.stored.csv")
         t0 = time.monotonic()
         if srv["kind"] == "gt06":
-            ex = subprocess.run([sys.executable, os.path.join(HERE, "export_gt06.py"), srv["http"], csv],
+            ex = subprocess.run([sys.executable, os.path.join(HERE, "export_gt06.py"), srv["http"], csv,
+                                 "4", str(srv.get("export_from", 0))],
                                 capture_output=True, text=True)
             r["export"] = last_json(ex.stdout) or {"error": ex.stderr[-500:]}
         elif srv["kind"] == "peer-db":
@@ -493,7 +494,18 @@ class Bench:
             d = os.path.join(rd, "c", kind)
             if kind == "peer-db":
                 self.sql("TRUNCATE positions", "CHECKPOINT")
-            srv = self.start(kind, d)
+            data_dir, prefill = None, None
+            if kind == "gt06" and self.a.soak_prefill > 0:
+                data_dir = os.path.join(d, "data")
+                t0 = time.monotonic()
+                pre = subprocess.run([self.a.gt06, "bench-store", "--dir", data_dir, "--devices", "1000",
+                                      "--per-device", str(self.a.soak_prefill)],
+                                     capture_output=True, text=True, check=True)
+                prefill = {**(last_json(pre.stdout) or {}), "seconds": round(time.monotonic() - t0, 1)}
+                log(f"c: prefilled {prefill.get('positions')} positions")
+            srv = self.start(kind, d, data_dir)
+            # Only the soak's own fixes are exported and checked, not the prefill.
+            srv["export_from"] = max(self.next_ts, int(time.time()) - 5)
             minutes = []
             for m in range(self.a.soak_minutes):
                 args = ["--devices", "1000", "--rate", "1", "--ramp", "1", "--duration", "59",
@@ -518,6 +530,8 @@ class Bench:
                          "p99_per_minute": [(x["heartbeat_ack_ms"] or {}).get("p99") for x in minutes],
                          "unacked_total": sum(x["heartbeats_unacked"] or 0 for x in minutes),
                          "log_summary": log_summary(srv)}
+            if prefill:
+                res[kind]["prefill"] = prefill
         return res
 
     def run(self):
@@ -829,6 +843,10 @@ def main():
     p.add_argument("--scenarios", default="a,b,d,e")
     p.add_argument("--soak", choices=["once", "each", "off"], default="once")
     p.add_argument("--soak-minutes", type=int, default=10)
+    p.add_argument("--soak-prefill", type=int, default=0,
+                   help="(c): gt06 starts on a store already holding this many positions per "
+                        "soak device (written by `gt06 bench-store`, months before the soak's "
+                        "fixes), as a server that has been running for a while does; 0: empty")
     p.add_argument("--peak-s", type=float, default=15)
     p.add_argument("--peak-peer-db-s", type=float, default=3,
                    help="the peer queues every INSERT flat out: a short send keeps its drain in minutes")

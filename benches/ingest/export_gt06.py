@@ -2,11 +2,11 @@
 """Exports every position a running gt06 stored, over its HTTP API, in the CSV shape
 verify_record.py reads: imei,unix_seconds,lat,lon,speed_kmh,course_deg (no header).
 
-    export_gt06.py HTTP_ADDR OUT.csv [THREADS]
+    export_gt06.py HTTP_ADDR OUT.csv [THREADS [FROM]]
 
 Lists the devices (GET /api/devices), then fetches each one's whole track as CSV
 (GET /api/devices/{imei}/track.csv, one request per device over a few keep-alive
-connections). Prints one JSON line: devices, rows, seconds. Exit 1 on any HTTP error.
+connections); with FROM (unix seconds), only fixes from then on. Prints one JSON line: devices, rows, seconds. Exit 1 on any HTTP error.
 """
 import calendar
 import http.client
@@ -47,7 +47,7 @@ def convert(text, day_base):
     return out
 
 
-def main(addr, out_path, threads=4):
+def main(addr, out_path, threads=4, from_s=0):
     t0 = time.monotonic()
     devices = json.loads(fetch(addr, "/api/devices"))
     imeis = [d["imei"] for d in devices]
@@ -67,6 +67,8 @@ def main(addr, out_path, threads=4):
                     break
                 imei = todo.pop()
             path = f"/api/devices/{imei}/track.csv"
+            if from_s > 0:
+                path += "?from=" + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(from_s))
             for attempt in range(3):
                 try:
                     conn.request("GET", path)
@@ -100,6 +102,7 @@ def main(addr, out_path, threads=4):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4):
+    if len(sys.argv) not in (3, 4, 5):
         sys.exit(__doc__)
-    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 4))
+    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) >= 4 else 4,
+                  int(sys.argv[4]) if len(sys.argv) == 5 else 0))

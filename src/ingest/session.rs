@@ -32,6 +32,14 @@ const OUT_QUEUE: usize = 256;
 /// Room made in the read buffer before each read: frames are tens of bytes, and the
 /// buffer grows when a burst needs more. An idle connection holds no buffer at all.
 const READ_BUF: usize = 512;
+/// Largest read. A read that fills the room it was given doubles the next one's, up to
+/// this: a device uploading its backlog (or a load generator) is then read in a few
+/// syscalls rather than one per dozen frames, while a 1 Hz tracker still reads 512.
+const READ_BUF_MAX: usize = 16 * 1024;
+/// Most bytes of answers written in one syscall. The answers already durable when the
+/// write half wakes go out together: one `write` per group commit per connection, not
+/// one per location frame.
+const WRITE_BATCH: usize = 8 * 1024;
 /// A fix this far ahead of the server's clock is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 /// Receipt times of positions are kept to a tenth of a second. What they are for (the
@@ -207,6 +215,7 @@ impl Session {
         let mut last_progress = connected;
         // When the bytes now waiting for the rest of their frame started to arrive.
         let mut partial_since: Option<Instant> = None;
+        let mut room = READ_BUF;
         loop {
             let mut deadline = (
                 last_progress + self.ctx.idle_timeout,
@@ -233,11 +242,19 @@ impl Session {
                 r = rd.readable() => r.map_err(SessionError::Read)?,
                 _ = tokio::time::sleep_until(deadline.0) => return Err(deadline.1),
             }
-            if buf.capacity() - buf.len() < READ_BUF / 2 {
-                buf.reserve(READ_BUF);
+            if buf.capacity() - buf.len() < room / 2 {
+                buf.reserve(room);
             }
+            let offered = buf.capacity() - buf.len();
             let n = match rd.try_read_buf(&mut buf) {
-                Ok(n) => n,
+                Ok(n) => {
+                    room = if n == offered {
+                        (room * 2).min(READ_BUF_MAX)
+                    } else {
+                        READ_BUF
+                    };
+                    n
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(SessionError::Read(e)),
             };
@@ -677,15 +694,26 @@ async fn write_answers(
     stop: CancellationToken,
 ) -> Result<(), SessionError> {
     let mut state = durable.subscribe();
-    while let Some(out) = rx.recv().await {
-        if out.wait_for > 0 {
+    let mut batch: Vec<u8> = Vec::new();
+    // An answer taken from the queue that was not yet durable when the batch before it
+    // went out; it heads the next batch.
+    let mut next: Option<Outgoing> = None;
+    loop {
+        let out = match next.take() {
+            Some(out) => out,
+            None => match rx.recv().await {
+                Some(out) => out,
+                None => break,
+            },
+        };
+        let durable_seq = if out.wait_for > 0 {
             let ready = state
                 .wait_for(|s| s.seq >= out.wait_for || s.failed.is_some())
                 .await
-                .map(|s| s.failed);
+                .map(|s| (s.seq, s.failed));
             match ready {
-                Ok(None) => {}
-                Ok(Some(reason)) => {
+                Ok((seq, None)) => seq,
+                Ok((_, Some(reason))) => {
                     // Not durable: saying "got it" would be a lie the device acts on.
                     // Closing makes it reconnect and send again.
                     stop.cancel();
@@ -693,8 +721,24 @@ async fn write_answers(
                 }
                 Err(_) => return Ok(()),
             }
+        } else {
+            state.borrow().seq
+        };
+        // Answers are queued in order with growing `wait_for`: every queued one whose
+        // data is already durable may go out in this same write.
+        batch.clear();
+        batch.extend_from_slice(&out.bytes);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) if more.wait_for <= durable_seq => batch.extend_from_slice(&more.bytes),
+                Ok(more) => {
+                    next = Some(more);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
-        match tokio::time::timeout(write_timeout, wr.write_all(&out.bytes)).await {
+        match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "answer not delivered");
@@ -705,6 +749,9 @@ async fn write_answers(
                 stop.cancel();
                 return Err(SessionError::WriteTimeout(write_timeout));
             }
+        }
+        if batch.capacity() > WRITE_BATCH * 2 {
+            batch = Vec::new();
         }
     }
     let _ = wr.shutdown().await;

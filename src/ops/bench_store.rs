@@ -9,7 +9,7 @@ use crate::cli::BenchStoreArgs;
 use crate::http::json;
 use crate::ingest::session::RECEIPT_RESOLUTION_MS;
 use crate::store::writer::{self, WriterOptions};
-use crate::store::{Durability, LbsRecord, Op, PositionRecord, Store, WriteReq};
+use crate::store::{Durability, LbsRecord, Op, OpenOptions, PositionRecord, Store, WriteReq};
 use anyhow::Context;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +22,15 @@ const START_MS: i64 = 1_767_225_600_000;
 const IMEI_BASE: u64 = 860_000_000_000_000;
 
 pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
+    let open_opts = match args.cache_mb {
+        Some(mb) => OpenOptions {
+            cache_bytes: mb * 1024 * 1024,
+        },
+        None => Default::default(),
+    };
+    if args.read_phase {
+        return read_phase(&args, open_opts);
+    }
     let dir = &args.dir;
     anyhow::ensure!(
         !dir.exists() || std::fs::read_dir(dir)?.next().is_none(),
@@ -32,7 +41,7 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
     let rss = RssSampler::start();
 
     // Write.
-    let opened = Store::open(dir, Default::default())?;
+    let opened = Store::open(dir, open_opts)?;
     let store = opened.store.clone();
     let opts = WriterOptions {
         max_batch: args.max_batch,
@@ -86,25 +95,80 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
     let close_elapsed = started.elapsed();
     let rss_write_peak = rss.take_peak();
+    rss.stop();
     let positions_written = store.count_positions();
     drop(store);
-    // The read figures should describe a server that opened this store, not the writer's
-    // leftovers: hand freed pages back as a fresh process would not have them.
-    crate::store::memory::trim();
-
     let bytes = dir_bytes(dir)?;
-    // Reopen.
-    let t = Instant::now();
-    let opened = Store::open(dir, Default::default())?;
-    let reopen = t.elapsed();
-    let store = opened.store.clone();
-    drop(opened);
+    // The read figures describe a server that opened this store: a fresh process, not the
+    // writer's heap (a process that wrote 100 M positions keeps some of it however much it
+    // frees).
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench-store", "--read-phase", "--dir"])
+        .arg(dir)
+        .args(["--devices", &args.devices.to_string()])
+        .args(
+            args.cache_mb
+                .map(|mb| ["--cache-mb".to_string(), mb.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("start the read phase")?;
     anyhow::ensure!(
-        store.count_positions() == positions_written,
+        child.status.success(),
+        "read phase failed: {}",
+        child.status
+    );
+    let reads: serde_json::Value =
+        serde_json::from_slice(&child.stdout).context("read phase output")?;
+    anyhow::ensure!(
+        reads["positions"].as_u64() == Some(positions_written),
         "position count changed across reopen"
     );
 
-    // Reads: a day of one device as the API's JSON, and the latest position of every device.
+    let commits = stats.commits.load(Ordering::Relaxed).max(1);
+    let out = serde_json::json!({
+        "devices": args.devices,
+        "per_device": args.per_device,
+        "positions": positions_written,
+        "write_s": round(write_elapsed.as_secs_f64()),
+        "positions_per_s": (total as f64 / write_elapsed.as_secs_f64()).round(),
+        "write_and_close_s": round(close_elapsed.as_secs_f64()),
+        "commits": commits,
+        "avg_batch": stats.ops.load(Ordering::Relaxed) / commits,
+        "max_commit_gap_ms": round(stats.max_commit_gap_us.load(Ordering::Relaxed) as f64 / 1000.0),
+        "checkpoints": stats.checkpoints.load(Ordering::Relaxed),
+        "checkpoint_ms_max": round(stats.checkpoint_us_max.load(Ordering::Relaxed) as f64 / 1000.0),
+        "dir_bytes": bytes,
+        "bytes_per_position": round(bytes as f64 / positions_written.max(1) as f64),
+        "rss_write_peak_mib": rss_write_peak / (1024 * 1024),
+    });
+    let mut out = out.as_object().cloned().unwrap_or_default();
+    if let Some(reads) = reads.as_object() {
+        out.extend(
+            reads
+                .iter()
+                .filter(|(k, _)| *k != "positions")
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+    println!("{}", serde_json::Value::Object(out));
+    Ok(())
+}
+
+/// The read half, in its own process: reopen the store, read as the API would, scan it.
+fn read_phase(args: &BenchStoreArgs, open_opts: OpenOptions) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    let day_device = IMEI_BASE + args.devices as u64;
+    let rss = RssSampler::start();
+    let t = Instant::now();
+    let opened = Store::open(dir, open_opts)?;
+    let reopen = t.elapsed();
+    let store = opened.store.clone();
+    drop(opened);
+
+    // A day of one device as the API's JSON, and the latest position of every device.
     let t = Instant::now();
     let (day, _) = store.positions(day_device, START_MS, START_MS + 86_400_000, 100_000)?;
     let body = serde_json::to_vec(&json::Positions {
@@ -138,23 +202,8 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
     );
     let rss_read_peak = rss.take_peak();
     rss.stop();
-
-    let commits = stats.commits.load(Ordering::Relaxed).max(1);
     let out = serde_json::json!({
-        "devices": args.devices,
-        "per_device": args.per_device,
-        "positions": positions_written,
-        "write_s": round(write_elapsed.as_secs_f64()),
-        "positions_per_s": (total as f64 / write_elapsed.as_secs_f64()).round(),
-        "write_and_close_s": round(close_elapsed.as_secs_f64()),
-        "commits": commits,
-        "avg_batch": stats.ops.load(Ordering::Relaxed) / commits,
-        "max_commit_gap_ms": round(stats.max_commit_gap_us.load(Ordering::Relaxed) as f64 / 1000.0),
-        "checkpoints": stats.checkpoints.load(Ordering::Relaxed),
-        "checkpoint_ms_max": round(stats.checkpoint_us_max.load(Ordering::Relaxed) as f64 / 1000.0),
-        "dir_bytes": bytes,
-        "bytes_per_position": round(bytes as f64 / positions_written.max(1) as f64),
-        "rss_write_peak_mib": rss_write_peak / (1024 * 1024),
+        "positions": store.count_positions(),
         "reopen_s": round(reopen.as_secs_f64()),
         "day_read_json_ms": round(day_ms),
         "day_json_bytes": body.len(),

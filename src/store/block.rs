@@ -554,15 +554,95 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-fn size_const(ys: &[i64]) -> Option<usize> {
-    let first = *ys.first()?;
-    ys.iter()
-        .all(|&y| y == first)
-        .then_some(varint_len(zz(first)))
+/// What a column body would take in each mode, and the gcd of its values, measured in
+/// one pass. The encoder tries three transforms and up to two scales per column: a pass
+/// (and a copy) per mode per candidate made encoding the largest part of sealing.
+#[derive(Debug, PartialEq, Eq)]
+struct Sizes {
+    /// `Some` when every value is the same.
+    constant: Option<usize>,
+    bitpack: usize,
+    rle: usize,
+    varint: usize,
+    /// gcd of the absolute values (0 when all are 0); stops at 1, the answer by then.
+    gcd: u64,
 }
 
-fn size_varint(ys: &[i64]) -> usize {
-    ys.iter().map(|&y| varint_len(zz(y))).sum()
+fn bitpack_chunk_size(min: i64, max: i64, len: usize) -> usize {
+    varint_len(zz(min)) + 1 + (len * bit_width(max.wrapping_sub(min) as u64) as usize).div_ceil(8)
+}
+
+fn sizes(ys: impl Iterator<Item = i64>) -> Sizes {
+    let mut first: Option<i64> = None;
+    let mut all_equal = true;
+    let mut varint = 0usize;
+    let mut rle = 0usize;
+    let mut run: Option<(i64, usize)> = None;
+    let mut bitpack = 0usize;
+    let (mut min, mut max, mut chunk_len) = (0i64, 0i64, 0usize);
+    let mut g = 0u64;
+    for y in ys {
+        match first {
+            None => first = Some(y),
+            Some(f) => all_equal &= y == f,
+        }
+        varint += varint_len(zz(y));
+        match &mut run {
+            Some((v, n)) if *v == y => *n += 1,
+            _ => {
+                if let Some((v, n)) = run {
+                    rle += varint_len(zz(v)) + varint_len(n as u64);
+                }
+                run = Some((y, 1));
+            }
+        }
+        if chunk_len == 0 {
+            (min, max) = (y, y);
+        } else {
+            min = min.min(y);
+            max = max.max(y);
+        }
+        chunk_len += 1;
+        if chunk_len == CHUNK {
+            bitpack += bitpack_chunk_size(min, max, chunk_len);
+            chunk_len = 0;
+        }
+        if g != 1 {
+            g = gcd(g, y.unsigned_abs());
+        }
+    }
+    if let Some((v, n)) = run {
+        rle += varint_len(zz(v)) + varint_len(n as u64);
+    }
+    if chunk_len > 0 {
+        bitpack += bitpack_chunk_size(min, max, chunk_len);
+    }
+    Sizes {
+        constant: first.filter(|_| all_equal).map(|f| varint_len(zz(f))),
+        bitpack,
+        rle,
+        varint,
+        gcd: g,
+    }
+}
+
+/// [`sizes`] of the body of transform `t` (see [`difference`]) divided by `scale`,
+/// without building it. One monomorphic loop per case: through a boxed iterator the
+/// per-value call cost more than the measuring.
+fn body_sizes(xs: &[i64], t: usize, scale: i64) -> Sizes {
+    let d1 = |w: &[i64]| w[1].wrapping_sub(w[0]);
+    let d2 = |w: &[i64]| {
+        w[2].wrapping_sub(w[1])
+            .wrapping_sub(w[1].wrapping_sub(w[0]))
+    };
+    match (t, scale) {
+        (0, 1) => sizes(xs.iter().copied()),
+        (0, g) => sizes(xs.iter().map(|&y| y / g)),
+        (1, 1) => sizes(xs.windows(2).map(d1)),
+        (1, g) => sizes(xs.windows(2).map(|w| d1(w) / g)),
+        (_, 1) => sizes(xs.windows(3).map(d2)),
+        (_, g) => sizes(xs.windows(3).map(|w| d2(w) / g)),
+    }
 }
 
 fn chunk_base_width(chunk: &[i64]) -> (i64, u32) {
@@ -571,24 +651,9 @@ fn chunk_base_width(chunk: &[i64]) -> (i64, u32) {
     (min, bit_width(max.wrapping_sub(min) as u64))
 }
 
-fn size_bitpack(ys: &[i64]) -> usize {
-    ys.chunks(CHUNK)
-        .map(|chunk| {
-            let (base, width) = chunk_base_width(chunk);
-            varint_len(zz(base)) + 1 + (chunk.len() * width as usize).div_ceil(8)
-        })
-        .sum()
-}
-
 /// Runs of equal values: (value, run length).
 fn runs(ys: &[i64]) -> impl Iterator<Item = (i64, usize)> + '_ {
     ys.chunk_by(|a, b| a == b).map(|run| (run[0], run.len()))
-}
-
-fn size_rle(ys: &[i64]) -> usize {
-    runs(ys)
-        .map(|(v, n)| varint_len(zz(v)) + varint_len(n as u64))
-        .sum()
 }
 
 /// Writes `xs` as an integer column in its smallest transform/scale/mode.
@@ -596,37 +661,23 @@ fn put_int_column(out: &mut Vec<u8>, xs: &[i64]) {
     // (size, transform, scale, mode)
     let mut best: Option<(usize, usize, u64, u8)> = None;
     for t in 0..=2usize {
-        let s = difference(xs, t);
-        let n_seeds = t.min(s.len());
-        let (seeds, body) = s.split_at(n_seeds);
-        let seeds_len: usize = seeds.iter().map(|&v| varint_len(zz(v))).sum();
-        // Stop at 1: no scale can help then, and Euclid on every element is the
-        // single largest cost of encoding otherwise.
-        let mut g = 0u64;
-        for &y in body {
-            g = gcd(g, y.unsigned_abs());
-            if g == 1 {
-                break;
-            }
-        }
-        let mut scales = vec![1u64];
-        if g >= 2 && g <= i64::MAX as u64 {
-            scales.push(g);
-        }
-        for scale in scales {
-            let scaled: Vec<i64>;
-            let ys = if scale == 1 {
-                body
-            } else {
-                scaled = body.iter().map(|&y| y / scale as i64).collect();
-                &scaled
-            };
+        // The seeds: the first `t` values of the transformed column.
+        let seeds_len = match (t, xs) {
+            (0, _) | (_, []) => 0,
+            (1, [a, ..]) | (_, [a]) => varint_len(zz(*a)),
+            (_, [a, b, ..]) => varint_len(zz(*a)) + varint_len(zz(b.wrapping_sub(*a))),
+        };
+        let plain = body_sizes(xs, t, 1);
+        let g = plain.gcd;
+        let scaled = (g >= 2 && g <= i64::MAX as u64).then(|| (g, body_sizes(xs, t, g as i64)));
+        for (scale, sz) in std::iter::once((1, &plain)).chain(scaled.as_ref().map(|(g, s)| (*g, s)))
+        {
             let fixed = 1 + seeds_len + if scale == 1 { 0 } else { varint_len(scale) };
             let candidates = [
-                (MODE_CONST, size_const(ys)),
-                (MODE_BITPACK, Some(size_bitpack(ys))),
-                (MODE_RLE, Some(size_rle(ys))),
-                (MODE_VARINT, Some(size_varint(ys))),
+                (MODE_CONST, sz.constant),
+                (MODE_BITPACK, Some(sz.bitpack)),
+                (MODE_RLE, Some(sz.rle)),
+                (MODE_VARINT, Some(sz.varint)),
             ];
             for (mode, size) in candidates {
                 if let Some(size) = size {
@@ -1108,6 +1159,81 @@ fn decode_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass [`sizes`] against each mode's definition, over the transform built
+    /// the plain way: the encoder's choices (and so its bytes) rest on it.
+    #[test]
+    fn one_pass_sizes_match_each_modes_definition() {
+        fn reference(ys: &[i64]) -> Sizes {
+            let mut g = 0u64;
+            for &y in ys {
+                g = gcd(g, y.unsigned_abs());
+                if g == 1 {
+                    break;
+                }
+            }
+            Sizes {
+                constant: ys
+                    .first()
+                    .filter(|f| ys.iter().all(|y| y == *f))
+                    .map(|f| varint_len(zz(*f))),
+                bitpack: ys
+                    .chunks(CHUNK)
+                    .map(|c| {
+                        let (base, width) = chunk_base_width(c);
+                        varint_len(zz(base)) + 1 + (c.len() * width as usize).div_ceil(8)
+                    })
+                    .sum(),
+                rle: runs(ys)
+                    .map(|(v, n)| varint_len(zz(v)) + varint_len(n as u64))
+                    .sum(),
+                varint: ys.iter().map(|&y| varint_len(zz(y))).sum(),
+                gcd: g,
+            }
+        }
+        let mut rng = Rng::new(7);
+        let mut columns: Vec<Vec<i64>> = vec![
+            vec![],
+            vec![5],
+            vec![5, 5],
+            vec![i64::MIN, i64::MAX, 0, -1],
+            vec![0; 300],
+            (0..1000).map(|i| 1_767_225_600_000 + i * 10_000).collect(),
+        ];
+        for _ in 0..300 {
+            let n = rng.below(700) as usize;
+            let spread = [0, 1, 3, 1000, i64::MAX][rng.below(5) as usize];
+            let step = rng.range(-50, 50) * 6;
+            let mut x = rng.range(-1_000_000, 1_000_000);
+            columns.push(
+                (0..n)
+                    .map(|_| {
+                        x = x
+                            .wrapping_add(step)
+                            .wrapping_add(rng.range(-spread, spread));
+                        x
+                    })
+                    .collect(),
+            );
+        }
+        for xs in &columns {
+            for t in 0..=2 {
+                let built = difference(xs, t);
+                let body = &built[t.min(built.len())..];
+                let plain = body_sizes(xs, t, 1);
+                assert_eq!(plain, reference(body), "transform {t}");
+                if plain.gcd >= 2 && plain.gcd <= i64::MAX as u64 {
+                    let g = plain.gcd as i64;
+                    let scaled: Vec<i64> = body.iter().map(|y| y / g).collect();
+                    assert_eq!(
+                        body_sizes(xs, t, g),
+                        reference(&scaled),
+                        "transform {t} / {g}"
+                    );
+                }
+            }
+        }
+    }
 
     /// xorshift64*: deterministic, no extra crates.
     struct Rng(u64);

@@ -483,6 +483,7 @@ impl Writer {
             Ok(old) => {
                 let mut live = self.store.live_mut();
                 live.sealing = std::mem::take(&mut live.tails);
+                live.sealing.values_mut().for_each(|t| t.shrink());
                 live.unsealed = 0;
                 let positions = live.sealing.values().map(|t| t.len()).sum::<usize>();
                 drop(live);

@@ -23,15 +23,28 @@ fn simulate(g: &Gt06, out: &std::path::Path, args: &[&str]) -> (bool, Value) {
     (output.status.success(), summary)
 }
 
-/// Positions the server holds for `n` devices from `base`.
+/// Positions the server holds for `n` devices from `base`, every page of them (flat out
+/// a tracker sends more than one page's worth in two seconds).
 fn stored(g: &Gt06, base: u64, n: u64) -> u64 {
-    (0..n)
-        .map(|i| {
-            let (status, v) = g.get_json(&format!("/api/devices/{}/positions", base + i));
+    let mut total = 0;
+    for i in 0..n {
+        let mut path = format!("/api/devices/{}/positions?limit=100000", base + i);
+        for _page in 0..100 {
+            let (status, v) = g.get_json(&path);
             assert_eq!(status, 200, "device {}: {v}", base + i);
-            v["positions"].as_array().unwrap().len() as u64
-        })
-        .sum()
+            total += v["positions"].as_array().unwrap().len() as u64;
+            match v["next"].as_str() {
+                Some(next) => {
+                    path = format!(
+                        "/api/devices/{}/positions?limit=100000&from={next}",
+                        base + i
+                    )
+                }
+                None => break,
+            }
+        }
+    }
+    total
 }
 
 fn n(v: &Value, k: &str) -> u64 {
