@@ -442,11 +442,11 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
     out_col(col(&|p| i64::from(p.valid)));
 
     put_opt_strings(&mut out, ps, |p| p.invalid_reason.as_deref());
-    put_opt_ints(&mut out, ps, |p| p.acc.map(|v| vec![i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.odometer_m.map(|v| vec![i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.acc.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.odometer_m.map(|v| [i64::from(v)]));
     put_opt_ints(&mut out, ps, |p| {
         p.lbs.map(|l| {
-            vec![
+            [
                 i64::from(l.mcc),
                 i64::from(l.mnc),
                 i64::from(l.lac),
@@ -455,40 +455,35 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
         })
     });
     put_opt_strings(&mut out, ps, |p| p.alarm.as_deref());
-    put_opt_ints(&mut out, ps, |p| p.reupload.map(|v| vec![i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| {
-        p.battery_percent.map(|v| vec![i64::from(v)])
-    });
-    put_opt_ints(&mut out, ps, |p| p.gsm_signal.map(|v| vec![i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.power_mv.map(|v| vec![i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.battery_mv.map(|v| vec![i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| {
-        p.temperature_dc.map(|v| vec![i64::from(v)])
-    });
+    put_opt_ints(&mut out, ps, |p| p.reupload.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.battery_percent.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.gsm_signal.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.power_mv.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.battery_mv.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.temperature_dc.map(|v| [i64::from(v)]));
     put_opt_strings(&mut out, ps, |p| p.driver_id.as_deref());
-    put_opt_ints(&mut out, ps, |p| p.altitude_m.map(|v| vec![i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| {
-        p.driving_time_s.map(|v| vec![i64::from(v)])
-    });
-    put_opt_ints(&mut out, ps, |p| {
-        p.engine_time_s.map(|v| vec![i64::from(v)])
-    });
+    put_opt_ints(&mut out, ps, |p| p.altitude_m.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.driving_time_s.map(|v| [i64::from(v)]));
+    put_opt_ints(&mut out, ps, |p| p.engine_time_s.map(|v| [i64::from(v)]));
     out
 }
 
 /// Presence column, then (if any record has the field) one column per component.
-fn put_opt_ints(
+/// Components come as an array so that a present field costs no allocation: sealing
+/// runs this for every field of every position.
+fn put_opt_ints<const N: usize>(
     out: &mut Vec<u8>,
     ps: &[PositionRecord],
-    field: impl Fn(&PositionRecord) -> Option<Vec<i64>>,
+    field: impl Fn(&PositionRecord) -> Option<[i64; N]>,
 ) {
     let mut presence = Vec::with_capacity(ps.len());
-    let mut columns: Vec<Vec<i64>> = Vec::new();
+    let mut columns: [Vec<i64>; N] = std::array::from_fn(|_| Vec::new());
+    let mut any = false;
     for p in ps {
         match field(p) {
             Some(parts) => {
+                any = true;
                 presence.push(1);
-                columns.resize_with(parts.len(), Vec::new);
                 for (column, v) in columns.iter_mut().zip(parts) {
                     column.push(v);
                 }
@@ -497,6 +492,9 @@ fn put_opt_ints(
         }
     }
     put_int_column(out, &presence);
+    if !any {
+        return;
+    }
     for column in &columns {
         put_int_column(out, column);
     }
@@ -658,6 +656,22 @@ fn runs(ys: &[i64]) -> impl Iterator<Item = (i64, usize)> + '_ {
 
 /// Writes `xs` as an integer column in its smallest transform/scale/mode.
 fn put_int_column(out: &mut Vec<u8>, xs: &[i64]) {
+    // Most columns of a block are one repeated value (absent fields, flags). Their
+    // smallest form is always untransformed, unscaled MODE_CONST (every other candidate
+    // adds seeds, a scale or body bytes, and ties go to the first candidate), so they
+    // skip the search: it was most of the encoder's time.
+    if let Some((&first, rest)) = xs.split_first() {
+        if rest.iter().all(|&x| x == first) {
+            out.push(MODE_CONST);
+            put_varint(out, zz(first));
+            return;
+        }
+    }
+    put_searched_column(out, xs);
+}
+
+/// Writes `xs` in the transform/scale/mode that the full search finds smallest.
+fn put_searched_column(out: &mut Vec<u8>, xs: &[i64]) {
     // (size, transform, scale, mode)
     let mut best: Option<(usize, usize, u64, u8)> = None;
     for t in 0..=2usize {
@@ -1443,6 +1457,33 @@ mod tests {
             r.engine_time_s = engine_time_s;
         }
         records
+    }
+
+    /// The shortcut for one repeated value writes what the full search would.
+    #[test]
+    fn constant_columns_skip_the_search_with_the_same_bytes() {
+        let values = [
+            0i64,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            1_000,
+            1_700_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ];
+        for &v in &values {
+            for n in [1usize, 2, 3, 7, 200] {
+                let xs = vec![v; n];
+                let (mut fast, mut searched) = (Vec::new(), Vec::new());
+                put_int_column(&mut fast, &xs);
+                put_searched_column(&mut searched, &xs);
+                assert_eq!(fast, searched, "value {v}, {n} times");
+            }
+        }
     }
 
     /// Pins the layout: if this fails, the format changed; bump BLOCK_VERSION.

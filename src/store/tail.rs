@@ -66,6 +66,13 @@ pub struct Tail {
 }
 
 impl Tail {
+    pub fn with_capacity(rows: usize) -> Tail {
+        Tail {
+            rows: Vec::with_capacity(rows),
+            ..Tail::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -102,8 +109,12 @@ impl Tail {
     /// Gives back the room kept for growth. A tail stops growing once a checkpoint takes it
     /// for sealing, and doubling leaves a quarter of it unused on average: with millions
     /// of rows in the sealing set that is tens of MiB of RSS.
+    /// A tail sized from its last checkpoint's count has little spare room; copying it
+    /// to save that little would cost more than it gives.
     pub fn shrink(&mut self) {
-        self.rows.shrink_to_fit();
+        if self.rows.capacity() - self.rows.len() > self.rows.len() / 8 {
+            self.rows.shrink_to_fit();
+        }
         self.cells.shrink_to_fit();
         self.extras.shrink_to_fit();
     }
