@@ -136,8 +136,10 @@ impl Live {
             .entry(imei)
             .or_insert_with(|| {
                 // A device usually sends as much per checkpoint as it did in the last
-                // one: room for that from the start saves growing by doubling, whose
-                // spare half of every tail was tens of MB of RSS at 10,000 devices.
+                // one: room for that from the start saves the reallocations (and
+                // copies) of growing by doubling. It did not lower peak RSS measurably
+                // (BENCHMARKS.md, run 7); an outsized hint after a burst is given back
+                // by `shrink` when the next checkpoint takes the tail.
                 let hint = sealing.get(&imei).map_or(0, |t| t.len());
                 tail::Tail::with_capacity(hint + hint / 16)
             })
