@@ -230,14 +230,11 @@ async fn positions(app: &Arc<App>, imei: Imei, query: &str) -> Result<Response<B
             return Err(ApiError::UnknownDevice(imei.to_string()));
         }
         let (list, next) = app.store.positions(key, q.from_ms, q.to_ms, q.limit)?;
-        Ok(json::Positions {
-            imei: imei.to_string(),
-            positions: list.iter().map(json::Position::from).collect(),
-            next: next.map(json::rfc3339),
-        })
+        // Written here, off the async threads: a day at 1 Hz is ~19 MB of JSON.
+        Ok(json::positions_body(&imei.to_string(), &list, next))
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(bytes_response(StatusCode::OK, body))
 }
 
 async fn track(
@@ -385,7 +382,14 @@ fn content_type(path: &str) -> &'static str {
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
-    let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    bytes_response(
+        status,
+        serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()),
+    )
+}
+
+/// A JSON body already written.
+fn bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()

@@ -171,11 +171,8 @@ fn read_phase(args: &BenchStoreArgs, open_opts: OpenOptions) -> anyhow::Result<(
     // A day of one device as the API's JSON, and the latest position of every device.
     let t = Instant::now();
     let (day, _) = store.positions(day_device, START_MS, START_MS + 86_400_000, 100_000)?;
-    let body = serde_json::to_vec(&json::Positions {
-        imei: format!("{day_device:015}"),
-        positions: day.iter().map(json::Position::from).collect(),
-        next: None,
-    })?;
+    // The same function the HTTP handler writes a page with.
+    let body = json::positions_body(&format!("{day_device:015}"), &day, None);
     let day_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(
         day.len() == 86_400,

@@ -130,20 +130,7 @@ impl Live {
     /// Adds a position to its device's tail; the first position stored for a fix time wins.
     /// Returns false when that fix time was already there (a re-sent position).
     pub fn insert(&mut self, imei: u64, pos: PositionRecord) -> bool {
-        let sealing = &self.sealing;
-        let added = self
-            .tails
-            .entry(imei)
-            .or_insert_with(|| {
-                // A device usually sends as much per checkpoint as it did in the last
-                // one: room for that from the start saves the reallocations (and
-                // copies) of growing by doubling. It did not lower peak RSS measurably
-                // (BENCHMARKS.md, run 7); an outsized hint after a burst is given back
-                // by `shrink` when the next checkpoint takes the tail.
-                let hint = sealing.get(&imei).map_or(0, |t| t.len());
-                tail::Tail::with_capacity(hint + hint / 16)
-            })
-            .insert(pos);
+        let added = self.tails.entry(imei).or_default().insert(pos);
         if added {
             self.unsealed += 1;
         }

@@ -66,13 +66,6 @@ pub struct Tail {
 }
 
 impl Tail {
-    pub fn with_capacity(rows: usize) -> Tail {
-        Tail {
-            rows: Vec::with_capacity(rows),
-            ..Tail::default()
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -108,9 +101,8 @@ impl Tail {
 
     /// Gives back the room kept for growth. A tail stops growing once a checkpoint takes it
     /// for sealing, and doubling leaves a quarter of it unused on average: with millions
-    /// of rows in the sealing set that is tens of MiB of RSS. A tail sized from its last
-    /// checkpoint's count has little spare room, and copying it to save that little
-    /// would cost more than it gives, so it keeps its rows where they are.
+    /// of rows in the sealing set that is tens of MiB of RSS. A tail that happens to be
+    /// nearly full is not copied to save the little left.
     pub fn shrink(&mut self) {
         if self.rows.capacity() - self.rows.len() > self.rows.len() / 8 {
             self.rows.shrink_to_fit();

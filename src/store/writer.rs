@@ -176,6 +176,8 @@ pub fn spawn(
         last_retention: None,
         checkpoint: None,
         headroom_ok: true,
+        since_trim: 0,
+        stored_since_trim: 0,
     };
     let join = std::thread::Builder::new()
         .name("gt06-writer".into())
@@ -189,16 +191,28 @@ struct Checkpoint {
     started: Instant,
     positions: usize,
     blocks: usize,
+    /// Positions of the set sealed so far.
+    sealed: usize,
     failed: bool,
 }
 
 /// See [`Writer::seal_budget`]: `fresh` positions arrived since the checkpoint under way
-/// began, `limit` is `checkpoint_positions`.
-fn seal_budget(fresh: usize, limit: usize) -> Duration {
-    let limit = limit.max(1);
-    if fresh >= limit {
-        Duration::from_secs(3600)
-    } else if fresh >= limit / 2 {
+/// began, `sealed` of its `total` are sealed, `limit` is `checkpoint_positions`.
+///
+/// Sealing is paced to be done by the time half a checkpoint's worth of fresh positions
+/// has arrived: while it keeps that pace it takes short turns between commits; when it
+/// falls behind, longer ones; past half, it finishes before more commits. The set being
+/// sealed and the fresh tails are both in memory, so this pace is what bounds the
+/// unsealed rows to about 1.5 × `checkpoint_positions` (it was 2 ×, ~128 MiB at the
+/// default, with short turns until the fresh tails were full).
+fn seal_budget(fresh: usize, sealed: usize, total: usize, limit: usize) -> Duration {
+    let half = (limit / 2).max(1);
+    if fresh >= half {
+        return Duration::from_secs(3600);
+    }
+    // Behind when the share sealed is below the share of the half already arrived.
+    let behind = (sealed as u128) * (half as u128) < (fresh as u128) * (total.max(1) as u128);
+    if behind {
         SEAL_STEP_BUDGET * 5
     } else {
         SEAL_STEP_BUDGET
@@ -210,6 +224,16 @@ const SEAL_STEP_DEVICES: usize = 256;
 /// Longest sealing stretch between two group commits: answers wait at most about this
 /// much longer than a commit while a checkpoint runs.
 const SEAL_STEP_BUDGET: Duration = Duration::from_millis(20);
+/// Positions sealed between two returns of freed heap pages to the kernel while a
+/// checkpoint runs. A trim costs 5–35 ms on the 100 M benchmark's heap; trimming during
+/// commits as well returned pages that growing tails faulted straight back in, and cost
+/// a fifth of the write speed (BENCHMARKS.md, run 8).
+const TRIM_EVERY: usize = 250_000;
+/// Requests committed between two trims outside sealing. Tails grow by doubling, every
+/// device at about the same moment, and leave the smaller buffers free; trimming those
+/// every 250,000 requests cut peak RSS at 100 M positions from 259 to 224 MiB but
+/// re-faulting the pages cost a tenth of the write speed (BENCHMARKS.md, run 8).
+const TRIM_EVERY_STORED: usize = 1_000_000;
 /// Free space a checkpoint needs besides twice the journal it seals.
 const CHECKPOINT_HEADROOM: u64 = 16 * 1024 * 1024;
 
@@ -225,6 +249,10 @@ struct Writer {
     last_retention: Option<Instant>,
     /// Whether the last headroom check found room (to log changes only).
     headroom_ok: bool,
+    /// Positions sealed since the last [`Writer::trim`].
+    since_trim: usize,
+    /// Requests committed since the last [`Writer::trim`].
+    stored_since_trim: usize,
 }
 
 impl Writer {
@@ -303,6 +331,10 @@ impl Writer {
                 self.stats
                     .ops
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stored_since_trim += batch.len();
+                if self.stored_since_trim >= TRIM_EVERY_STORED {
+                    self.trim();
+                }
                 batch.clear();
                 if !self.guard.is_low() {
                     self.release_held_logged();
@@ -344,6 +376,16 @@ impl Writer {
             }
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Gives freed heap pages back to the kernel. Sealing frees tails, the records
+    /// decoded from them and the blocks encoded while fresh tails grow elsewhere in the
+    /// heap; glibc kept all of it, and by the end of a checkpoint at 100 M positions that
+    /// was ~50 MiB of RSS above what the store held (BENCHMARKS.md, run 8).
+    fn trim(&mut self) {
+        self.since_trim = 0;
+        self.stored_since_trim = 0;
+        super::memory::trim();
     }
 
     fn commit(&mut self, batch: &[WriteReq]) -> Result<(), StoreError> {
@@ -448,9 +490,18 @@ impl Writer {
     /// CPU, merges due), the fresh tails would grow without bound. Then sealing takes
     /// longer turns, which slows commits, which fills the bounded request queue, which
     /// stops sessions reading: back-pressure instead of memory. Unsealed positions stay
-    /// below about twice `checkpoint_positions`.
+    /// below about 1.5 × `checkpoint_positions`.
     fn seal_budget(&self) -> Duration {
-        seal_budget(self.store.fresh_unsealed(), self.opts.checkpoint_positions)
+        let (sealed, total) = self
+            .checkpoint
+            .as_ref()
+            .map_or((0, 0), |c| (c.sealed, c.positions));
+        seal_budget(
+            self.store.fresh_unsealed(),
+            sealed,
+            total,
+            self.opts.checkpoint_positions,
+        )
     }
 
     fn sealing_pending(&self) -> bool {
@@ -492,6 +543,7 @@ impl Writer {
                     started: Instant::now(),
                     positions,
                     blocks: 0,
+                    sealed: 0,
                     failed: false,
                 });
             }
@@ -568,6 +620,7 @@ impl Writer {
                 return Ok(true);
             }
             let mut all = Vec::with_capacity(imeis.len());
+            let mut sealed = 0;
             for imei in &imeis {
                 // A device whose small blocks are due for a merge costs milliseconds, so
                 // the budget is checked per device, not only per step.
@@ -578,6 +631,7 @@ impl Writer {
                     continue;
                 };
                 let positions = tail.take_all();
+                sealed += positions.len();
                 match seal_ops(&live, *imei, positions, |i, f| self.store.read_block(i, f)) {
                     Ok(ops) => all.push(ops),
                     Err((e, kept)) => {
@@ -606,6 +660,20 @@ impl Writer {
             }
             if let Some(c) = self.checkpoint.as_mut() {
                 c.blocks += all.iter().map(|o| o.write.len()).sum::<usize>();
+                c.sealed += sealed;
+            }
+            self.since_trim += sealed;
+            if self.since_trim >= TRIM_EVERY {
+                // What this step sealed, decoded and encoded was just freed.
+                drop(all);
+                drop(live);
+                self.since_trim = 0;
+                self.stored_since_trim = 0;
+                super::memory::trim();
+                if started.elapsed() >= budget {
+                    return Ok(false);
+                }
+                continue;
             }
             drop(live);
             if started.elapsed() >= budget {
@@ -642,7 +710,7 @@ impl Writer {
         self.journal.remove(&c.old_segments)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         // The sealing set and the blocks encoded from it were just freed.
-        super::memory::trim();
+        self.trim();
         tracing::debug!(
             positions = c.positions,
             blocks = c.blocks,
@@ -975,12 +1043,16 @@ mod tests {
 
     #[test]
     fn sealing_takes_longer_turns_when_the_fleet_outruns_it() {
-        assert_eq!(seal_budget(0, 1000), SEAL_STEP_BUDGET);
-        assert_eq!(seal_budget(499, 1000), SEAL_STEP_BUDGET);
-        assert_eq!(seal_budget(500, 1000), SEAL_STEP_BUDGET * 5);
-        // A whole checkpoint's worth arrived while sealing: finish before more commits.
-        assert!(seal_budget(1000, 1000) >= Duration::from_secs(60));
-        assert_eq!(seal_budget(5, 0), Duration::from_secs(3600));
+        // Keeping pace (sealed share ≥ share of the half-checkpoint arrived): short turns.
+        assert_eq!(seal_budget(0, 0, 1000, 1000), SEAL_STEP_BUDGET);
+        assert_eq!(seal_budget(250, 500, 1000, 1000), SEAL_STEP_BUDGET);
+        assert_eq!(seal_budget(499, 999, 1000, 1000), SEAL_STEP_BUDGET);
+        // Behind that pace: longer turns.
+        assert_eq!(seal_budget(1, 0, 1000, 1000), SEAL_STEP_BUDGET * 5);
+        assert_eq!(seal_budget(250, 499, 1000, 1000), SEAL_STEP_BUDGET * 5);
+        // Half a checkpoint's worth arrived while sealing: finish before more commits.
+        assert!(seal_budget(500, 999, 1000, 1000) >= Duration::from_secs(60));
+        assert!(seal_budget(5, 0, 10, 0) >= Duration::from_secs(60));
     }
 
     #[test]
