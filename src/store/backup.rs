@@ -715,7 +715,7 @@ pub fn import(r: impl Read, dir: &Path) -> Result<(Summary, VerifyReport), DumpE
     let want = checker.summary().cloned().ok_or(DumpError::Truncated(0))?;
     // Open as a server would (loads the index, replays the journal), then seal it all so
     // the restored store starts with nothing to replay.
-    let opened = reopen(dir)?;
+    let opened = super::reopen(dir)?;
     let store = opened.store.clone();
     let (handle, join) =
         writer::spawn(opened, writer::WriterOptions::default()).map_err(StoreError::from)?;
@@ -736,22 +736,6 @@ pub fn import(r: impl Read, dir: &Path) -> Result<(Summary, VerifyReport), DumpE
         )));
     }
     Ok((got, report))
-}
-
-/// Opens a store this process has just closed. sled 0.34 finishes writing its last
-/// buffers on its own I/O threads after the handle is dropped, and those keep the file
-/// and its lock for a moment: an immediate open can find the store "in use" by this very
-/// process (seen once in CI). So a lock refusal is retried for a bounded few seconds.
-fn reopen(dir: &Path) -> Result<super::Opened, StoreError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match Store::open(dir, OpenOptions::default()) {
-            Err(StoreError::Open { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// True when a process holds the store in `data_dir` open (sled's lock on `db/db`).

@@ -764,6 +764,22 @@ impl Store {
     }
 }
 
+/// Opens a store this process has just closed. sled 0.34 finishes writing its last
+/// buffers on its own I/O threads after the handle is dropped, and those keep the file
+/// and its lock for a moment: an immediate open can find the store "in use" by this very
+/// process (seen once in CI). So a lock refusal is retried for a bounded few seconds.
+pub(crate) fn reopen(dir: &Path) -> Result<Opened, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir, OpenOptions::default()) {
+            Err(StoreError::Open { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A new status report replaces the old one, except for what heartbeats and alarms do
 /// not report (door, humidity, network, tag temperature come in information frames;
 /// steps only from some wearables): those stay until a report says otherwise.
@@ -931,7 +947,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
-        let store = Store::open(&dir, OpenOptions::default()).unwrap().store;
+        let store = reopen(&dir).unwrap().store;
         // Damage the first block of device `a`: one bit in the middle of its value.
         let first = store.live().index[&a][0];
         let key = keys::position(a, first.first_ms);

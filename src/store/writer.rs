@@ -607,7 +607,12 @@ impl Writer {
     /// Seals devices from the sealing set for up to `budget`; true when the set is empty.
     fn seal_step(&mut self, budget: Duration) -> Result<bool, StoreError> {
         let started = Instant::now();
-        let (blocks, index, _) = self.store.trees();
+        // Handles of their own (sled trees are shared handles), so `self` stays free for
+        // `trim` between steps.
+        let (blocks, index) = {
+            let (blocks, index, _) = self.store.trees();
+            (blocks.clone(), index.clone())
+        };
         loop {
             let mut live = self.store.live_mut();
             let imeis: Vec<u64> = live
@@ -647,7 +652,7 @@ impl Writer {
                     }
                 }
             }
-            if let Err(e) = apply_seal_ops(blocks, index, &mut live, &all) {
+            if let Err(e) = apply_seal_ops(&blocks, &index, &mut live, &all) {
                 // Nothing was written: put the positions back where readers find them.
                 for ops in &all {
                     for (_, bytes) in &ops.write {
@@ -662,20 +667,13 @@ impl Writer {
                 c.blocks += all.iter().map(|o| o.write.len()).sum::<usize>();
                 c.sealed += sealed;
             }
+            drop(all);
+            drop(live);
+            // What this step sealed, decoded and encoded was just freed.
             self.since_trim += sealed;
             if self.since_trim >= TRIM_EVERY {
-                // What this step sealed, decoded and encoded was just freed.
-                drop(all);
-                drop(live);
-                self.since_trim = 0;
-                self.stored_since_trim = 0;
-                super::memory::trim();
-                if started.elapsed() >= budget {
-                    return Ok(false);
-                }
-                continue;
+                self.trim();
             }
-            drop(live);
             if started.elapsed() >= budget {
                 return Ok(false);
             }
