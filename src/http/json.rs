@@ -152,12 +152,9 @@ fn write_position(out: &mut Vec<u8>, p: &PositionRecord) {
     put_json(out, &degrees(p.lat_raw));
     out.extend_from_slice(b",\"lon\":");
     put_json(out, &degrees(p.lon_raw));
-    out.extend_from_slice(b",\"speed_kmh\":");
-    put_int(out, p.speed_kmh.into());
-    out.extend_from_slice(b",\"course\":");
-    put_int(out, p.course.into());
-    out.extend_from_slice(b",\"satellites\":");
-    put_int(out, p.satellites.into());
+    put_int_field(out, b",\"speed_kmh\":", p.speed_kmh.into());
+    put_int_field(out, b",\"course\":", p.course.into());
+    put_int_field(out, b",\"satellites\":", p.satellites.into());
     out.extend_from_slice(if p.valid {
         b",\"valid\":true,\"received\":"
     } else {
@@ -168,14 +165,10 @@ fn write_position(out: &mut Vec<u8>, p: &PositionRecord) {
     put_opt(out, b",\"acc\":", p.acc.as_ref());
     put_opt(out, b",\"odometer_m\":", p.odometer_m.as_ref());
     if let Some(l) = p.lbs {
-        out.extend_from_slice(b",\"lbs\":{\"mcc\":");
-        put_int(out, l.mcc.into());
-        out.extend_from_slice(b",\"mnc\":");
-        put_int(out, l.mnc.into());
-        out.extend_from_slice(b",\"lac\":");
-        put_int(out, l.lac.into());
-        out.extend_from_slice(b",\"cell\":");
-        put_int(out, l.cell);
+        put_int_field(out, b",\"lbs\":{\"mcc\":", l.mcc.into());
+        put_int_field(out, b",\"mnc\":", l.mnc.into());
+        put_int_field(out, b",\"lac\":", l.lac.into());
+        put_int_field(out, b",\"cell\":", l.cell);
         out.push(b'}');
     }
     put_opt(out, b",\"alarm\":", p.alarm.as_deref());
@@ -202,7 +195,9 @@ fn put_time(out: &mut Vec<u8>, ms: i64) {
     out.push(b'"');
 }
 
-fn put_int(out: &mut Vec<u8>, v: u64) {
+/// `key` (with its leading comma and colon) and an unsigned integer.
+fn put_int_field(out: &mut Vec<u8>, key: &[u8], v: u64) {
+    out.extend_from_slice(key);
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut v = v;
