@@ -225,14 +225,13 @@ const SEAL_STEP_DEVICES: usize = 256;
 /// much longer than a commit while a checkpoint runs.
 const SEAL_STEP_BUDGET: Duration = Duration::from_millis(20);
 /// Positions sealed between two returns of freed heap pages to the kernel while a
-/// checkpoint runs. A trim costs 5–35 ms on the 100 M benchmark's heap; trimming during
-/// commits as well returned pages that growing tails faulted straight back in, and cost
-/// a fifth of the write speed (BENCHMARKS.md, run 8).
+/// checkpoint runs. A trim costs 5–35 ms on the 100 M benchmark's heap.
 const TRIM_EVERY: usize = 250_000;
 /// Requests committed between two trims outside sealing. Tails grow by doubling, every
 /// device at about the same moment, and leave the smaller buffers free; trimming those
-/// every 250,000 requests cut peak RSS at 100 M positions from 259 to 224 MiB but
-/// re-faulting the pages cost a tenth of the write speed (BENCHMARKS.md, run 8).
+/// every 250,000 requests cut peak RSS at 100 M positions from 259 to 224 MiB, but the
+/// pages given back were the ones growing tails asked for next, and faulting them in
+/// again cost a tenth of the write speed (BENCHMARKS.md, run 8).
 const TRIM_EVERY_STORED: usize = 1_000_000;
 /// Free space a checkpoint needs besides twice the journal it seals.
 const CHECKPOINT_HEADROOM: u64 = 16 * 1024 * 1024;
