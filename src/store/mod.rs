@@ -124,6 +124,10 @@ pub(crate) struct Live {
     pub index: ImeiMap<Vec<BlockMeta>>,
     /// Devices whose record changed since the last checkpoint.
     pub dirty: ImeiSet,
+    /// Per device, bumped under the write lock before every change to its blocks: a
+    /// reader that decoded blocks after dropping the read lock knows by it whether they
+    /// moved meanwhile.
+    pub block_changes: ImeiMap<u64>,
 }
 
 impl Live {
@@ -160,6 +164,9 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
 }
+
+/// Reads of blocks without the lock before one that holds it (see [`Store::positions`]).
+const OPTIMISTIC_READS: u32 = 3;
 
 /// sled's page cache by default. Positions sit in blocks of up to 4,096, so the pages
 /// sled caches are few and large, and reads decode blocks the OS page cache holds anyway:
@@ -470,9 +477,16 @@ impl Store {
             return Ok((Vec::new(), None));
         }
         let in_range = |p: &PositionRecord| p.time_ms >= from_ms && p.time_ms < to_ms;
-        let (metas, tail): (Vec<BlockMeta>, Vec<PositionRecord>) = {
+        // Blocks are decoded without the lock, so commits don't wait behind a read; a
+        // seal that merged or rewrote this device's blocks meanwhile (the blocks read
+        // would mix two layouts and miss positions) shows in the device's change count,
+        // and the read starts over. The last try holds the lock throughout.
+        let mut attempt = 0;
+        let (sealed, tail) = loop {
+            attempt += 1;
             let live = self.live();
-            let metas = live
+            let generation = live.block_changes.get(&imei).copied();
+            let metas: Vec<BlockMeta> = live
                 .index
                 .get(&imei)
                 .map(|v| {
@@ -488,22 +502,26 @@ impl Store {
                     .unwrap_or_default()
             };
             let tail = merge_unique(part(&live.sealing), part(&live.tails));
-            (metas, tail)
-        };
-        // Blocks of a device never overlap, so their positions come out in order; stop
-        // decoding once a page (plus the one that tells `next`) is certain.
-        let want = limit + 1;
-        let mut sealed = Vec::new();
-        for m in &metas {
-            if sealed.len() >= want {
-                break;
+            // Dropped here, unless this is the last try.
+            let held = (attempt >= OPTIMISTIC_READS).then_some(live);
+            // Blocks of a device never overlap, so their positions come out in order;
+            // stop decoding once a page (plus the one that tells `next`) is certain.
+            let want = limit + 1;
+            let mut sealed = Vec::new();
+            for m in &metas {
+                if sealed.len() >= want {
+                    break;
+                }
+                sealed.extend(
+                    self.read_block(imei, m.first_ms)?
+                        .into_iter()
+                        .filter(in_range),
+                );
             }
-            sealed.extend(
-                self.read_block(imei, m.first_ms)?
-                    .into_iter()
-                    .filter(in_range),
-            );
-        }
+            if held.is_some() || self.live().block_changes.get(&imei).copied() == generation {
+                break (sealed, tail);
+            }
+        };
         let mut out = merge_unique(sealed, tail);
         let next = if out.len() > limit {
             let n = out[limit].time_ms;

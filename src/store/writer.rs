@@ -924,6 +924,9 @@ pub(crate) fn apply_seal_ops(
     {
         return Ok(());
     }
+    for ops in all {
+        *live.block_changes.entry(ops.imei).or_default() += 1;
+    }
     let result: Result<(), TransactionError<StoreError>> =
         (blocks, index).transaction(|(b, ix)| {
             for ops in all {
@@ -1180,6 +1183,56 @@ mod tests {
         let report = store.verify().unwrap();
         assert_eq!((report.blocks, report.positions), (3, 30));
         assert_eq!(times(&store, 9).len(), 30);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_read_while_sealing_merges_blocks_sees_every_acked_position() {
+        let dir = tempdir("readseal");
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        // Seals of ten positions: small blocks, merged every eighth seal, so blocks are
+        // removed and rewritten under readers all the time.
+        let (handle, join) = spawn(opened, opts(10)).unwrap();
+        let acked = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, acked, stop) = (store.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u32;
+                while !stop.load(Ordering::Relaxed) && reads < 200_000 {
+                    let n = acked.load(Ordering::SeqCst) as usize;
+                    let got = times(&store, 9);
+                    assert!(got.windows(2).all(|w| w[0] < w[1]), "disorder or duplicate");
+                    let want: Vec<i64> = (0..n as i64).map(|i| i * 1000).collect();
+                    let have: std::collections::HashSet<i64> = got.iter().copied().collect();
+                    let lost: Vec<_> = want.iter().filter(|t| !have.contains(t)).take(5).collect();
+                    assert!(lost.is_empty(), "read {reads}: lost acked {lost:?} of {n}");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for round in 0..300i64 {
+            if Instant::now() > deadline {
+                break;
+            }
+            let ops = (0..5)
+                .map(|i| Op::Position {
+                    imei: 9,
+                    pos: pos((round * 5 + i) * 1000),
+                })
+                .collect();
+            write_all(&handle, ops);
+            acked.store(round as u64 * 5 + 5, Ordering::SeqCst);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().expect("a read lost or reordered positions");
+        assert!(reads > 10, "the reader hardly ran ({reads} reads)");
+        drop(handle);
+        join.join().unwrap();
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
