@@ -169,6 +169,8 @@ class Bench:
             with open(cfg, "w") as f:
                 f.write(f'data_dir = "{data_dir}"\n\n[http]\nlisten = "127.0.0.1:0"\n\n'
                         f'[tcp]\nlisten = "127.0.0.1:0"\n{self.gt06_tcp_extra}')
+                if self.a.store_extra:
+                    f.write("\n[store]\n" + "\n".join(x.strip() for x in self.a.store_extra.split(";")) + "\n")
             p = subprocess.Popen([self.a.gt06, "serve", "--config", cfg], stdout=logf, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 120
             while not os.path.exists(ports):
@@ -839,6 +841,9 @@ def main():
     p.add_argument("--config-example", default=None)
     p.add_argument("--tcp-extra", default=os.environ.get("GT06_TCP_EXTRA", ""),
                    help="extra [tcp] config lines for gt06, ';'-separated")
+    p.add_argument("--store-extra", default=os.environ.get("GT06_STORE_EXTRA", ""),
+                   help="extra [store] config lines for gt06, ';'-separated "
+                        "(e.g. checkpoint_interval_secs = 60)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scenarios", default="a,b,d,e")
     p.add_argument("--soak", choices=["once", "each", "off"], default="once")
