@@ -859,7 +859,7 @@ mod tests {
         assert_eq!(store.summary().devices[&3].positions, 400);
         assert_eq!(store.events(None, 0, i64::MAX, 10).unwrap().len(), 2);
         drop(store);
-        let restored = Store::open(&dst, OpenOptions::default()).unwrap();
+        let restored = crate::store::reopen(&dst).unwrap();
         assert_eq!(
             restored.replay.batches, 0,
             "the restore left work for replay"

@@ -787,10 +787,21 @@ impl Store {
 /// and its lock for a moment: an immediate open can find the store "in use" by this very
 /// process (seen once in CI). So a lock refusal is retried for a bounded few seconds.
 pub(crate) fn reopen(dir: &Path) -> Result<Opened, StoreError> {
+    retry_while_locked(
+        || Store::open(dir, OpenOptions::default()),
+        |e| matches!(e, StoreError::Open { .. }),
+    )
+}
+
+/// Calls `open` again while it fails with an error `locked` recognises, for up to 5 s.
+fn retry_while_locked<T, E>(
+    mut open: impl FnMut() -> Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> Result<T, E> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match Store::open(dir, OpenOptions::default()) {
-            Err(StoreError::Open { .. }) if std::time::Instant::now() < deadline => {
+        match open() {
+            Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
@@ -926,7 +937,7 @@ mod tests {
         let dir = tempdir("migrate");
         let times: Vec<i64> = (0..5000).map(|i| 1_700_000_000_000 + i * 1000).collect();
         write_foundation_store(&dir, 864_717_003_283_581, &times);
-        let opened = Store::open(&dir, OpenOptions::default()).unwrap();
+        let opened = reopen(&dir).unwrap();
         assert_eq!(opened.migrated, 5000);
         let store = opened.store.clone();
         drop(opened);
@@ -941,7 +952,7 @@ mod tests {
         assert_eq!(report.positions, 5000);
         drop(store);
         // Opened again: format 2 now, nothing migrated twice.
-        let opened = Store::open(&dir, OpenOptions::default()).unwrap();
+        let opened = reopen(&dir).unwrap();
         assert_eq!(opened.migrated, 0);
         assert_eq!(opened.store.count_positions(), 5000);
         drop(opened);
@@ -956,7 +967,12 @@ mod tests {
         let times: Vec<i64> = (0..3000).map(|i| 1_700_000_000_000 + i * 1000).collect();
         write_foundation_store(&dir, a, &times);
         {
-            let db = sled::open(dir.join("db")).unwrap();
+            // Closed by `write_foundation_store` a moment ago: see `reopen`.
+            let db = retry_while_locked(
+                || sled::open(dir.join("db")),
+                |e| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock),
+            )
+            .unwrap();
             let positions = db.open_tree("positions").unwrap();
             for (k, v) in positions.iter().map(|r| r.unwrap()).collect::<Vec<_>>() {
                 let mut k2 = k.to_vec();

@@ -1118,7 +1118,7 @@ mod tests {
             assert!(report.bad.is_empty(), "{:?}", report.bad);
             assert_eq!(report.positions, 45);
         }
-        let opened = Store::open(&dir, Default::default()).unwrap();
+        let opened = crate::store::reopen(&dir).unwrap();
         let mut want: Vec<i64> = (0..40).map(|i| i * 500).collect();
         want.extend((20..25).map(|i| i * 1000));
         assert_eq!(times(&opened.store, 7), want);
