@@ -65,8 +65,8 @@ impl Hub {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        for req in batch {
-            let item = match &req.op {
+        for op in batch.iter().flat_map(|r| &r.ops) {
+            let item = match op {
                 Op::Position { imei, pos } => LiveItem::Position {
                     imei: *imei,
                     pos: pos.clone(),
@@ -90,16 +90,16 @@ mod tests {
     use super::*;
 
     fn position(imei: u64, t: i64) -> WriteReq {
-        WriteReq {
-            op: Op::Position {
+        WriteReq::one(
+            Op::Position {
                 imei,
                 pos: PositionRecord {
                     time_ms: t,
                     ..PositionRecord::default()
                 },
             },
-            ack: None,
-        }
+            None,
+        )
     }
 
     #[test]
@@ -108,17 +108,17 @@ mod tests {
         // No subscriber: publishing is a no-op.
         hub.publish(&[position(1, 1)]);
         let mut rx = hub.subscribe();
-        let seen = WriteReq {
-            op: Op::Seen {
+        let seen = WriteReq::one(
+            Op::Seen {
                 imei: 1,
                 at_ms: 5,
                 login: None,
                 status: None,
             },
-            ack: None,
-        };
+            None,
+        );
         let event = WriteReq {
-            op: Op::Event {
+            ops: vec![Op::Event {
                 imei: 2,
                 event: EventRecord {
                     time_ms: 3,
@@ -128,7 +128,7 @@ mod tests {
                     lon_raw: None,
                     text: None,
                 },
-            },
+            }],
             ack: None,
         };
         hub.publish(&[position(1, 2), seen, event]);

@@ -11,6 +11,7 @@ use crate::ops::metrics::{FrameResult, Refused, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
 use crate::store::{
     Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord, StoreError, WriteReq,
+    REQ_OPS_MAX,
 };
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
@@ -29,6 +30,10 @@ const MAX_JUNK_RUN: usize = 4096;
 /// Answers queued for the write half; small, because each one is ten bytes and a device
 /// that stops reading should be pushed back on quickly.
 const OUT_QUEUE: usize = 256;
+/// Most store operations one message turns into (an alarm with a position and
+/// dash-cam files: status, two events, the position). A request is sent before
+/// pending operations could pass `REQ_OPS_MAX` with one more message.
+const MESSAGE_OPS_MAX: usize = 4;
 /// Room made in the read buffer before each read: frames are tens of bytes, and the
 /// buffer grows when a burst needs more. An idle connection holds no buffer at all.
 const READ_BUF: usize = 512;
@@ -115,7 +120,11 @@ struct Session {
     ctx: Arc<IngestCtx>,
     state: SessionState,
     durable: Arc<Durability>,
+    /// Sequence number of the last request sent to the store.
     seq: u64,
+    /// Operations of the frames handled since the last request: sent as one request
+    /// at the end of each read (or when full), which gets sequence number `seq + 1`.
+    pending: Vec<Op>,
     out: mpsc::Sender<Outgoing>,
     warned: Warned,
     online: Online,
@@ -154,6 +163,7 @@ pub async fn run(
             state: SessionState::Anonymous,
             durable,
             seq: 0,
+            pending: Vec::new(),
             out: out_tx,
             warned: Warned::default(),
             time_setting: TimeSetting::default(),
@@ -162,6 +172,11 @@ pub async fn run(
             detector: OffsetDetector::default(),
         };
         let read = s.read_loop(&mut rd, &stop).await;
+        // Whatever ended the reading, the frames read before it are stored.
+        let read = match (read, s.flush().await) {
+            (Ok(()), Err(e)) => Err(e),
+            (read, _) => read,
+        };
         if let SessionState::LoggedIn { imei } = s.state {
             s.online.leave(imei.as_u64());
         }
@@ -261,6 +276,8 @@ impl Session {
             if n == 0 {
                 return Ok(());
             }
+            // The frames of one read arrived together: one receipt time for all of them.
+            let received = now_ms();
             let mut completed = false;
             loop {
                 match protocol::split(&buf, &self.ctx.split) {
@@ -270,7 +287,7 @@ impl Session {
                         completed = true;
                         // The frame borrows the read buffer (no copy), so it is
                         // handled before the buffer moves past it.
-                        self.handle(frame).await?;
+                        self.handle(frame, received).await?;
                         buf.advance(used.min(buf.len()));
                     }
                     Err(e) => {
@@ -306,6 +323,9 @@ impl Session {
                     }
                 }
             }
+            // One request to the store for everything this read held, before waiting for
+            // the device again (its answers wait for this request).
+            self.flush().await?;
             if buf.len() > cap {
                 return Err(SessionError::Junk(buf.len()));
             }
@@ -325,7 +345,7 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, frame: Frame<'_>) -> Result<(), SessionError> {
+    async fn handle(&mut self, frame: Frame<'_>, now: i64) -> Result<(), SessionError> {
         let msg = match protocol::decode(&frame, &self.decode_ctx) {
             Ok(m) => m,
             Err(e) => {
@@ -337,7 +357,6 @@ impl Session {
                 return Ok(());
             }
         };
-        let now = now_ms();
         let imei = match (&self.state, &msg) {
             (_, Message::Login(login)) => {
                 let imei = login.imei;
@@ -389,18 +408,26 @@ impl Session {
         // was sent to the store before it, not the refused data.
         let low = self.ctx.writer.disk_low();
         let mut withheld = false;
-        for op in ops_for(key, &msg, now, offset_min) {
-            let refused = match op {
-                Op::Position { .. } if low => Some(Refused::Position),
-                Op::Event { .. } if low => Some(Refused::Event),
-                _ => None,
-            };
-            if let Some(kind) = refused {
-                METRICS.write_refused(kind);
-                withheld = true;
-                continue;
+        if self.pending.len() + MESSAGE_OPS_MAX > REQ_OPS_MAX {
+            self.flush().await?;
+        }
+        let first_new = self.pending.len();
+        ops_for(key, &msg, now, offset_min, &mut self.pending);
+        if low {
+            for op in self.pending.split_off(first_new) {
+                let refused = match op {
+                    Op::Position { .. } => Some(Refused::Position),
+                    Op::Event { .. } => Some(Refused::Event),
+                    _ => None,
+                };
+                match refused {
+                    Some(kind) => {
+                        METRICS.write_refused(kind);
+                        withheld = true;
+                    }
+                    None => self.pending.push(op),
+                }
             }
-            self.record(op, now).await?;
         }
         if withheld {
             tracing::debug!(
@@ -416,14 +443,23 @@ impl Session {
             }
         }
         if let Some(bytes) = protocol::reply(&msg, &frame, now).filter(|_| !withheld) {
-            let item = Outgoing {
-                bytes,
-                wait_for: self.seq,
-            };
-            self.out
-                .send(item)
-                .await
-                .map_err(|_| SessionError::Writer)?;
+            // The answer covers the operations still pending: the request that will
+            // carry them gets the next sequence number.
+            let wait_for = self.seq + u64::from(!self.pending.is_empty());
+            let item = Outgoing { bytes, wait_for };
+            match self.out.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    // The answer queue waits on the store: send what it waits for
+                    // before waiting for room in it.
+                    self.flush().await?;
+                    self.out
+                        .send(item)
+                        .await
+                        .map_err(|_| SessionError::Writer)?;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(SessionError::Writer),
+            }
         }
         Ok(())
     }
@@ -472,59 +508,70 @@ impl Session {
             .offset_min(self.login_tz_min, self.detector.concluded())
     }
 
-    async fn record(&mut self, op: Op, now: i64) -> Result<(), SessionError> {
+    /// Sends the pending operations to the store as one request. Waits while the store's
+    /// queue is full: the session then reads nothing, and TCP pushes back on the device.
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         self.seq += 1;
-        let is_position = matches!(op, Op::Position { .. });
+        let ops = std::mem::take(&mut self.pending);
+        let positions = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Position { .. }))
+            .count();
         let req = WriteReq {
-            op,
+            ops,
             ack: Some((self.durable.clone(), self.seq)),
         };
-        self.ctx
-            .writer
-            .send(req)
-            .await
-            .map_err(SessionError::Store)?;
-        if is_position {
-            METRICS.positions_stored(1, now);
+        if let Err(e) = self.ctx.writer.send(req).await {
+            // Answers already queued wait for this request: they must not go out, nor
+            // wait for ever.
+            self.durable.fail(e.reason());
+            return Err(SessionError::Store(e));
+        }
+        if positions > 0 {
+            METRICS.positions_stored(positions as u64, now_ms());
         }
         Ok(())
     }
 }
 
-/// The store requests a message turns into. Pure, so the policy is testable.
-/// `offset_min` is taken off device fix times (the device's time setting).
-fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
+/// The store operations a message turns into (at most [`MESSAGE_OPS_MAX`]), appended to
+/// `out`. Pure, so the policy is testable. `offset_min` is taken off device fix times (the
+/// device's time setting).
+fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32, out: &mut Vec<Op>) {
     match msg {
-        Message::Login(l) => vec![Op::Seen {
+        Message::Login(l) => out.push(Op::Seen {
             imei,
             at_ms: now,
             login: Some((l.type_id, l.tz_offset_min)),
             status: None,
-        }],
-        Message::Heartbeat(st) => vec![Op::Seen {
+        }),
+        Message::Heartbeat(st) => out.push(Op::Seen {
             imei,
             at_ms: now,
             login: None,
             status: Some(status_record(st, now)),
-        }],
-        Message::Location(loc) => vec![Op::Position {
+        }),
+        Message::Location(loc) => out.push(Op::Position {
             imei,
             pos: position_record(loc, None, now, offset_min),
-        }],
+        }),
         Message::Alarm(alarm) => {
             let kind = alarm.kind.map(|k| k.as_str());
-            let mut ops = vec![Op::Seen {
+            out.push(Op::Seen {
                 imei,
                 at_ms: now,
                 login: None,
                 status: Some(status_record(&alarm.status, now)),
-            }];
+            });
             let pos = alarm
                 .location
                 .as_ref()
                 .map(|l| position_record(l, kind, now, offset_min));
             if let Some(kind) = kind {
-                ops.push(Op::Event {
+                out.push(Op::Event {
                     imei,
                     event: EventRecord {
                         time_ms: pos.as_ref().map_or(now, |p| p.time_ms),
@@ -538,7 +585,7 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
             }
             // The recordings a dash-cam made of the alarm: what happened, so an event.
             if let Some(files) = &alarm.media_files {
-                ops.push(Op::Event {
+                out.push(Op::Event {
                     imei,
                     event: EventRecord {
                         time_ms: pos.as_ref().map_or(now, |p| p.time_ms),
@@ -551,12 +598,11 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
                 });
             }
             if let Some(pos) = pos {
-                ops.push(Op::Position { imei, pos });
+                out.push(Op::Position { imei, pos });
             }
-            ops
         }
         Message::Info(info) => {
-            let mut ops = vec![Op::Info {
+            out.push(Op::Info {
                 imei,
                 at_ms: now,
                 power_mv: info.power_mv,
@@ -568,13 +614,13 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
                 humidity_dpct: info.humidity_dpct,
                 network_gen: info.network.and_then(network_gen),
                 tag_temperature_dc: info.tag_temperature_dc,
-            }];
+            });
             // Text and driver ids have no place in the device's status: they are things
             // that happened (a serial device answered, a card was presented), so they
             // are kept as events rather than lost.
             for (kind, text) in [("device_text", &info.text), ("driver_id", &info.driver_id)] {
                 if let Some(text) = text {
-                    ops.push(Op::Event {
+                    out.push(Op::Event {
                         imei,
                         event: EventRecord {
                             time_ms: now,
@@ -587,9 +633,8 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
                     });
                 }
             }
-            ops
         }
-        Message::CommandReply { text, .. } => vec![Op::Event {
+        Message::CommandReply { text, .. } => out.push(Op::Event {
             imei,
             event: EventRecord {
                 time_ms: now,
@@ -599,15 +644,17 @@ fn ops_for(imei: u64, msg: &Message, now: i64, offset_min: i32) -> Vec<Op> {
                 lon_raw: None,
                 text: Some(text.clone()),
             },
-        }],
+        }),
         // A cell-only report has no coordinates to store; it still says the device is
         // alive. (Turning cells into positions needs a cell database we don't ship.)
-        Message::Cells(_) | Message::Ignored { .. } | Message::Unknown { .. } => vec![Op::Seen {
-            imei,
-            at_ms: now,
-            login: None,
-            status: None,
-        }],
+        Message::Cells(_) | Message::Ignored { .. } | Message::Unknown { .. } => {
+            out.push(Op::Seen {
+                imei,
+                at_ms: now,
+                login: None,
+                status: None,
+            })
+        }
     }
 }
 
@@ -805,6 +852,13 @@ mod tests {
         second: 11,
     };
 
+    fn ops_of(msg: &Message) -> Vec<Op> {
+        let mut ops = Vec::new();
+        ops_for(1, msg, NOW, 0, &mut ops);
+        assert!(ops.len() <= MESSAGE_OPS_MAX, "{} operations", ops.len());
+        ops
+    }
+
     #[test]
     fn fix_time_is_read_as_utc() {
         let p = position_record(&loc(Some(FIX), true), None, NOW, 0);
@@ -859,7 +913,7 @@ mod tests {
             power_mv: Some(7390),
             ..protocol::Info::default()
         });
-        let ops = ops_for(1, &msg, NOW, 0);
+        let ops = ops_of(&msg);
         assert!(matches!(
             &ops[0],
             Op::Info {
@@ -884,10 +938,19 @@ mod tests {
             cell: None,
             media_files: None,
         });
-        let ops = ops_for(1, &msg, NOW, 0);
+        let ops = ops_of(&msg);
         assert!(
             matches!(&ops[1], Op::Event { event, .. } if event.kind == "sos" && event.time_ms == 1_445_350_871_000)
         );
         assert!(matches!(&ops[2], Op::Position { pos, .. } if pos.alarm.as_deref() == Some("sos")));
+        // The largest message: with dash-cam files too it is MESSAGE_OPS_MAX operations.
+        let msg = Message::Alarm(protocol::Alarm {
+            location: Some(loc(Some(FIX), true)),
+            status: Status::default(),
+            kind: Some(AlarmKind::Sos),
+            cell: None,
+            media_files: Some("a.mp4".into()),
+        });
+        assert_eq!(ops_of(&msg).len(), MESSAGE_OPS_MAX);
     }
 }

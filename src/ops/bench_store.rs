@@ -8,7 +8,7 @@
 use crate::cli::BenchStoreArgs;
 use crate::http::json;
 use crate::ingest::session::RECEIPT_RESOLUTION_MS;
-use crate::store::writer::{self, WriterOptions};
+use crate::store::writer::{self, WriterOptions, REQ_OPS_MAX};
 use crate::store::{Durability, LbsRecord, Op, OpenOptions, PositionRecord, Store, WriteReq};
 use anyhow::Context;
 use std::path::Path;
@@ -60,34 +60,40 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
         .collect();
     let mut seqs = vec![0u64; conns.len()];
     let mut sent = 0u64;
+    // Each round sends one request per connection (its 64 devices' next fix), as a
+    // session sends one request per socket read.
     for k in 0..args.per_device {
-        for (d, route) in routes.iter_mut().enumerate() {
-            let pos = route.next(START_MS + k as i64 * args.step_secs as i64 * 1000);
-            let c = d / 64;
+        let t = START_MS + k as i64 * args.step_secs as i64 * 1000;
+        for (c, chunk) in routes.chunks_mut(64).enumerate() {
+            let ops: Vec<Op> = chunk
+                .iter_mut()
+                .enumerate()
+                .map(|(i, route)| Op::Position {
+                    imei: IMEI_BASE + (c * 64 + i) as u64,
+                    pos: route.next(t),
+                })
+                .collect();
+            let n = ops.len() as u64;
             seqs[c] += 1;
-            sent += 1;
-            let ack = (sent % args.ack_every == 0).then(|| (conns[c].clone(), seqs[c]));
-            handle.blocking_send(WriteReq {
-                op: Op::Position {
-                    imei: IMEI_BASE + d as u64,
-                    pos,
-                },
-                ack,
-            })?;
+            sent += n;
+            let crossed = sent / args.ack_every != (sent - n) / args.ack_every;
+            let ack = crossed.then(|| (conns[c].clone(), seqs[c]));
+            handle.blocking_send(WriteReq { ops, ack })?;
         }
     }
     let write_elapsed = started.elapsed();
     // One device's day at 1 Hz, for the read benchmark.
     let mut day_route = Route::new(args.devices);
-    for s in 0..86_400i64 {
-        let pos = day_route.next(START_MS + s * 1000);
-        handle.blocking_send(WriteReq {
-            op: Op::Position {
-                imei: day_device,
-                pos,
-            },
-            ack: None,
-        })?;
+    let day: Vec<Op> = (0..86_400i64)
+        .map(|s| Op::Position {
+            imei: day_device,
+            pos: day_route.next(START_MS + s * 1000),
+        })
+        .collect();
+    let mut day = day.into_iter().peekable();
+    while day.peek().is_some() {
+        let ops: Vec<Op> = day.by_ref().take(REQ_OPS_MAX).collect();
+        handle.blocking_send(WriteReq { ops, ack: None })?;
     }
     let stats = handle.stats.clone();
     drop(handle);

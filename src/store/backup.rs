@@ -778,10 +778,7 @@ mod tests {
         let n = ops.len() as u64;
         for (i, op) in ops.into_iter().enumerate() {
             handle
-                .blocking_send(WriteReq {
-                    op,
-                    ack: Some((d.clone(), i as u64 + 1)),
-                })
+                .blocking_send(WriteReq::one(op, Some((d.clone(), i as u64 + 1))))
                 .unwrap();
         }
         let mut rx = d.subscribe();

@@ -350,9 +350,22 @@ fn unzz(u: u64) -> i64 {
     ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
+/// Bytes of a varint by the value's leading zero bits: 1 per started group of 7 bits, 1
+/// for zero. A table, because the column search asks this for every value several times.
+const VARINT_LEN: [u8; 65] = {
+    let mut t = [0u8; 65];
+    let mut lz = 0;
+    while lz <= 64 {
+        let bits = 64 - lz;
+        t[lz] = if bits == 0 { 1 } else { bits.div_ceil(7) as u8 };
+        lz += 1;
+    }
+    t
+};
+
+#[inline(always)]
 fn varint_len(v: u64) -> usize {
-    // 1 byte per started group of 7 bits, 1 for zero.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    VARINT_LEN[v.leading_zeros() as usize] as usize
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -430,16 +443,27 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
     if ps.is_empty() {
         return out;
     }
-    let col = |f: &dyn Fn(&PositionRecord) -> i64| -> Vec<i64> { ps.iter().map(f).collect() };
-    let mut out_col = |xs: Vec<i64>| put_int_column(&mut out, &xs);
-    out_col(col(&|p| p.time_ms));
-    out_col(col(&|p| p.received_ms.wrapping_sub(p.time_ms)));
-    out_col(col(&|p| i64::from(p.lat_raw)));
-    out_col(col(&|p| i64::from(p.lon_raw)));
-    out_col(col(&|p| i64::from(p.speed_kmh)));
-    out_col(col(&|p| i64::from(p.course)));
-    out_col(col(&|p| i64::from(p.satellites)));
-    out_col(col(&|p| i64::from(p.valid)));
+    // The always-present fields, gathered in one pass: records are large, and a pass per
+    // column read each one eight times.
+    let mut columns: [Vec<i64>; 8] = std::array::from_fn(|_| Vec::with_capacity(ps.len()));
+    for p in ps {
+        let row = [
+            p.time_ms,
+            p.received_ms.wrapping_sub(p.time_ms),
+            i64::from(p.lat_raw),
+            i64::from(p.lon_raw),
+            i64::from(p.speed_kmh),
+            i64::from(p.course),
+            i64::from(p.satellites),
+            i64::from(p.valid),
+        ];
+        for (column, v) in columns.iter_mut().zip(row) {
+            column.push(v);
+        }
+    }
+    for column in &columns {
+        put_int_column(&mut out, column);
+    }
 
     put_opt_strings(&mut out, ps, |p| p.invalid_reason.as_deref());
     put_opt_ints(&mut out, ps, |p| p.acc.map(|v| [i64::from(v)]));
@@ -570,77 +594,195 @@ fn bitpack_chunk_size(min: i64, max: i64, len: usize) -> usize {
     varint_len(zz(min)) + 1 + (len * bit_width(max.wrapping_sub(min) as u64) as usize).div_ceil(8)
 }
 
-fn sizes(ys: impl Iterator<Item = i64>) -> Sizes {
-    let mut first: Option<i64> = None;
-    let mut all_equal = true;
-    let mut varint = 0usize;
-    let mut rle = 0usize;
-    let mut run: Option<(i64, usize)> = None;
-    let mut bitpack = 0usize;
-    let (mut min, mut max, mut chunk_len) = (0i64, 0i64, 0usize);
-    let mut g = 0u64;
-    for y in ys {
-        match first {
-            None => first = Some(y),
-            Some(f) => all_equal &= y == f,
+/// [`Sizes`] measured one value at a time. Plain fields, not options, and no branch on
+/// the data where a select does: it runs once per value per candidate, and the search
+/// over candidates was most of sealing's time (random runs mispredicted every branch).
+#[derive(Clone, Copy)]
+struct Measure {
+    n: usize,
+    /// Some value differed from the one before it.
+    changed: bool,
+    varint: usize,
+    /// Bytes of the runs finished so far; the current run is `run_value` × `run_len`.
+    rle: usize,
+    run_value: i64,
+    run_len: usize,
+    bitpack: usize,
+    min: i64,
+    max: i64,
+    chunk_len: usize,
+    gcd: u64,
+    /// Divisibility by `gcd` without dividing (see [`Divides`]).
+    divides: Divides,
+}
+
+/// Whether a value is a multiple of a fixed `d`, by a shift and a multiply: the gcd of a
+/// column is asked about every value, and usually holds. `d = 0` accepts only 0.
+#[derive(Clone, Copy)]
+struct Divides {
+    mask: u64,
+    shift: u32,
+    inverse: u64,
+    limit: u64,
+}
+
+impl Divides {
+    fn new(d: u64) -> Divides {
+        if d == 0 {
+            return Divides {
+                mask: 0,
+                shift: 0,
+                inverse: 1,
+                limit: 0,
+            };
         }
-        varint += varint_len(zz(y));
-        match &mut run {
-            Some((v, n)) if *v == y => *n += 1,
-            _ => {
-                if let Some((v, n)) = run {
-                    rle += varint_len(zz(v)) + varint_len(n as u64);
-                }
-                run = Some((y, 1));
-            }
-        }
-        if chunk_len == 0 {
-            (min, max) = (y, y);
-        } else {
-            min = min.min(y);
-            max = max.max(y);
-        }
-        chunk_len += 1;
-        if chunk_len == CHUNK {
-            bitpack += bitpack_chunk_size(min, max, chunk_len);
-            chunk_len = 0;
-        }
-        if g != 1 {
-            g = gcd(g, y.unsigned_abs());
+        let ExactDiv { shift, inverse } = ExactDiv::new(d);
+        Divides {
+            mask: (1u64 << shift) - 1,
+            shift,
+            inverse,
+            // A multiple of the odd part times its inverse is its quotient, at most this;
+            // any other value lands above it.
+            limit: u64::MAX / (d >> shift),
         }
     }
-    if let Some((v, n)) = run {
-        rle += varint_len(zz(v)) + varint_len(n as u64);
-    }
-    if chunk_len > 0 {
-        bitpack += bitpack_chunk_size(min, max, chunk_len);
-    }
-    Sizes {
-        constant: first.filter(|_| all_equal).map(|f| varint_len(zz(f))),
-        bitpack,
-        rle,
-        varint,
-        gcd: g,
+
+    #[inline(always)]
+    fn test(self, a: u64) -> bool {
+        a & self.mask == 0 && (a >> self.shift).wrapping_mul(self.inverse) <= self.limit
     }
 }
 
-/// [`sizes`] of the body of transform `t` (see [`difference`]) divided by `scale`,
-/// without building it. One monomorphic loop per case: through a boxed iterator the
-/// per-value call cost more than the measuring.
-fn body_sizes(xs: &[i64], t: usize, scale: i64) -> Sizes {
-    let d1 = |w: &[i64]| w[1].wrapping_sub(w[0]);
-    let d2 = |w: &[i64]| {
-        w[2].wrapping_sub(w[1])
-            .wrapping_sub(w[1].wrapping_sub(w[0]))
-    };
-    match (t, scale) {
-        (0, 1) => sizes(xs.iter().copied()),
-        (0, g) => sizes(xs.iter().map(|&y| y / g)),
-        (1, 1) => sizes(xs.windows(2).map(d1)),
-        (1, g) => sizes(xs.windows(2).map(|w| d1(w) / g)),
-        (_, 1) => sizes(xs.windows(3).map(d2)),
-        (_, g) => sizes(xs.windows(3).map(|w| d2(w) / g)),
+impl Measure {
+    fn new() -> Measure {
+        Measure {
+            n: 0,
+            changed: false,
+            varint: 0,
+            rle: 0,
+            run_value: 0,
+            run_len: 0,
+            bitpack: 0,
+            min: 0,
+            max: 0,
+            chunk_len: 0,
+            gcd: 0,
+            divides: Divides::new(0),
+        }
     }
+
+    #[inline(always)]
+    fn push(&mut self, y: i64) {
+        if self.n == 0 {
+            self.run_value = y;
+        }
+        self.n += 1;
+        self.varint += varint_len(zz(y));
+        let changed = y != self.run_value;
+        let finished = varint_len(zz(self.run_value)) + varint_len(self.run_len as u64);
+        self.rle += if changed { finished } else { 0 };
+        self.run_len = if changed { 1 } else { self.run_len + 1 };
+        self.run_value = y;
+        self.changed |= changed;
+        if self.chunk_len == 0 {
+            (self.min, self.max) = (y, y);
+        } else {
+            self.min = self.min.min(y);
+            self.max = self.max.max(y);
+        }
+        self.chunk_len += 1;
+        if self.chunk_len == CHUNK {
+            self.bitpack += bitpack_chunk_size(self.min, self.max, CHUNK);
+            self.chunk_len = 0;
+        }
+        if self.gcd != 1 {
+            // Euclid only when the gcd drops, which happens a few times per column.
+            let a = y.unsigned_abs();
+            if !self.divides.test(a) {
+                self.gcd = gcd(self.gcd, a);
+                self.divides = Divides::new(self.gcd);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Sizes {
+        if self.n > 0 {
+            self.rle += varint_len(zz(self.run_value)) + varint_len(self.run_len as u64);
+        }
+        if self.chunk_len > 0 {
+            self.bitpack += bitpack_chunk_size(self.min, self.max, self.chunk_len);
+        }
+        Sizes {
+            constant: (self.n > 0 && !self.changed).then(|| varint_len(zz(self.run_value))),
+            bitpack: self.bitpack,
+            rle: self.rle,
+            varint: self.varint,
+            gcd: self.gcd,
+        }
+    }
+}
+
+/// Exact division by a divisor fixed for a whole column, as a shift and a multiply: the
+/// scaled candidates divide every value, and the values are multiples of it (it is their
+/// gcd), for which this is exact.
+#[derive(Clone, Copy)]
+struct ExactDiv {
+    shift: u32,
+    inverse: u64,
+}
+
+impl ExactDiv {
+    fn new(d: u64) -> ExactDiv {
+        let shift = d.trailing_zeros();
+        let odd = d >> shift;
+        // Newton's iteration doubles the correct low bits each step: 3 → 6 → … → 96.
+        let mut inverse = odd;
+        for _ in 0..5 {
+            inverse = inverse.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inverse)));
+        }
+        ExactDiv { shift, inverse }
+    }
+
+    #[inline(always)]
+    fn div(self, y: i64) -> i64 {
+        ((y >> self.shift) as u64).wrapping_mul(self.inverse) as i64
+    }
+}
+
+/// [`Sizes`] of the bodies of all three transforms (see [`difference`]), unscaled. A
+/// loop per transform: one fused loop kept three measures and spilled them.
+fn plain_sizes(xs: &[i64]) -> [Sizes; 3] {
+    let mut m = [Measure::new(); 3];
+    xs.iter().for_each(|&x| m[0].push(x));
+    xs.windows(2)
+        .for_each(|w| m[1].push(w[1].wrapping_sub(w[0])));
+    xs.windows(3).for_each(|w| {
+        m[2].push(
+            w[2].wrapping_sub(w[1])
+                .wrapping_sub(w[1].wrapping_sub(w[0])),
+        )
+    });
+    m.map(Measure::finish)
+}
+
+/// [`Sizes`] of the body of transform `t` (see [`difference`]) divided by `scale`, which
+/// must divide every value of that body (their gcd does), without building it.
+fn body_sizes(xs: &[i64], t: usize, scale: i64) -> Sizes {
+    let div = ExactDiv::new(scale.unsigned_abs());
+    let mut m = Measure::new();
+    match t {
+        0 => xs.iter().for_each(|&x| m.push(div.div(x))),
+        1 => xs
+            .windows(2)
+            .for_each(|w| m.push(div.div(w[1].wrapping_sub(w[0])))),
+        _ => xs.windows(3).for_each(|w| {
+            let d2 = w[2]
+                .wrapping_sub(w[1])
+                .wrapping_sub(w[1].wrapping_sub(w[0]));
+            m.push(div.div(d2))
+        }),
+    }
+    m.finish()
 }
 
 fn chunk_base_width(chunk: &[i64]) -> (i64, u32) {
@@ -674,17 +816,16 @@ fn put_int_column(out: &mut Vec<u8>, xs: &[i64]) {
 fn put_searched_column(out: &mut Vec<u8>, xs: &[i64]) {
     // (size, transform, scale, mode)
     let mut best: Option<(usize, usize, u64, u8)> = None;
-    for t in 0..=2usize {
+    for (t, plain) in plain_sizes(xs).iter().enumerate() {
         // The seeds: the first `t` values of the transformed column.
         let seeds_len = match (t, xs) {
             (0, _) | (_, []) => 0,
             (1, [a, ..]) | (_, [a]) => varint_len(zz(*a)),
             (_, [a, b, ..]) => varint_len(zz(*a)) + varint_len(zz(b.wrapping_sub(*a))),
         };
-        let plain = body_sizes(xs, t, 1);
         let g = plain.gcd;
         let scaled = (g >= 2 && g <= i64::MAX as u64).then(|| (g, body_sizes(xs, t, g as i64)));
-        for (scale, sz) in std::iter::once((1, &plain)).chain(scaled.as_ref().map(|(g, s)| (*g, s)))
+        for (scale, sz) in std::iter::once((1, plain)).chain(scaled.as_ref().map(|(g, s)| (*g, s)))
         {
             let fixed = 1 + seeds_len + if scale == 1 { 0 } else { varint_len(scale) };
             let candidates = [
@@ -715,7 +856,8 @@ fn put_searched_column(out: &mut Vec<u8>, xs: &[i64]) {
     if scale != 1 {
         put_varint(out, scale);
     }
-    let ys: Vec<i64> = body.iter().map(|&y| y / scale as i64).collect();
+    let div = ExactDiv::new(scale);
+    let ys: Vec<i64> = body.iter().map(|&y| div.div(y)).collect();
     match mode {
         MODE_CONST => put_varint(out, zz(ys.first().copied().unwrap_or(0))),
         MODE_VARINT => {
@@ -1236,6 +1378,7 @@ mod tests {
                 let body = &built[t.min(built.len())..];
                 let plain = body_sizes(xs, t, 1);
                 assert_eq!(plain, reference(body), "transform {t}");
+                assert_eq!(plain_sizes(xs)[t], plain, "fused transform {t}");
                 if plain.gcd >= 2 && plain.gcd <= i64::MAX as u64 {
                     let g = plain.gcd as i64;
                     let scaled: Vec<i64> = body.iter().map(|y| y / g).collect();
@@ -1247,6 +1390,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn varint_len_is_what_put_varint_writes_and_exact_division_is_division() {
+        let mut rng = Rng::new(11);
+        let mut values: Vec<u64> = (0..64).flat_map(|b| [1u64 << b, (1u64 << b) - 1]).collect();
+        values.extend([0, u64::MAX]);
+        values.extend((0..1000).map(|_| rng.next() >> rng.below(64)));
+        for v in values {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
+        for _ in 0..2000 {
+            let d = (rng.next() >> rng.below(64)).clamp(1, i64::MAX as u64);
+            let q = rng.range(i64::MIN / d as i64, i64::MAX / d as i64);
+            assert_eq!(ExactDiv::new(d).div(q * d as i64), q, "{q} * {d}");
+            let a = rng.next() >> rng.below(64);
+            assert_eq!(Divides::new(d).test(a), a % d == 0, "{a} % {d}");
+            let m = (q.unsigned_abs()).wrapping_mul(d);
+            assert_eq!(Divides::new(d).test(m), m % d == 0, "{m} % {d}");
+        }
+        assert!(Divides::new(0).test(0) && !Divides::new(0).test(1));
     }
 
     /// xorshift64*: deterministic, no extra crates.
@@ -1976,6 +2142,33 @@ mod tests {
         );
         assert_eq!(decode_block(&chosen).unwrap(), records);
         per_position(&chosen, n)
+    }
+
+    /// Not a test: `cargo test --release --lib encode_speed -- --ignored --nocapture`
+    /// times sealing's encoder on full blocks of a moving and a parked track.
+    #[test]
+    #[ignore]
+    fn encode_speed() {
+        let mut rng = Rng::new(5);
+        for (name, track) in [
+            ("moving", moving_track(&mut rng, 4096, 1000)),
+            ("parked", parked_track(&mut rng, 4096)),
+        ] {
+            // The fastest of 30 rounds: the machine is shared, and noise only adds.
+            let mut ns = f64::MAX;
+            let mut bytes = 0;
+            for _ in 0..30 {
+                let started = std::time::Instant::now();
+                for _ in 0..10 {
+                    bytes = encode_block(std::hint::black_box(&track)).len();
+                }
+                ns = ns.min(started.elapsed().as_nanos() as f64 / (10 * track.len()) as f64);
+            }
+            eprintln!(
+                "{name}: {ns:.1} ns/position, {:.2} B/position",
+                bytes as f64 / track.len() as f64
+            );
+        }
     }
 
     #[test]

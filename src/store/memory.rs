@@ -6,7 +6,7 @@
 //! the blocks it encoded, and sled's threads churn small allocations. Without this the
 //! resident size ratchets up to the sum of every arena's high-water mark. Measured with
 //! `gt06 bench-store` (BENCHMARKS.md): limiting arenas, and trimming every 250,000
-//! positions sealed, every 1,000,000 requests committed and after each checkpoint, is
+//! positions sealed, every 1,000,000 operations committed and after each checkpoint, is
 //! what keeps RSS under the store issue's 256 MiB.
 //!
 //! Must never change program behaviour, only where freed memory goes; on a non-glibc

@@ -32,7 +32,7 @@ pub mod writer;
 pub use codec::{
     BlockMeta, DeviceRecord, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord,
 };
-pub use writer::{Durability, DurableState, WriteReq, WriterHandle};
+pub use writer::{Durability, DurableState, WriteReq, WriterHandle, REQ_OPS_MAX};
 
 use imei_map::{ImeiMap, ImeiSet};
 use std::path::{Path, PathBuf};
@@ -56,6 +56,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store writer has stopped")]
     Closed,
+    /// A caller's bug, not the disk's: a request must carry 1 to `REQ_OPS_MAX` operations.
+    #[error("a write request carried {0} operations")]
+    Request(usize),
 }
 
 impl StoreError {
@@ -67,6 +70,7 @@ impl StoreError {
             StoreError::Io(_) => "store_io",
             StoreError::Corrupt(_) => "store_corrupt",
             StoreError::Closed => "store_closed",
+            StoreError::Request(_) => "store_request",
         }
     }
 }
@@ -133,7 +137,7 @@ pub(crate) struct Live {
 impl Live {
     /// Adds a position to its device's tail; the first position stored for a fix time wins.
     /// Returns false when that fix time was already there (a re-sent position).
-    pub fn insert(&mut self, imei: u64, pos: PositionRecord) -> bool {
+    pub fn insert(&mut self, imei: u64, pos: &PositionRecord) -> bool {
         let added = self.tails.entry(imei).or_default().insert(pos);
         if added {
             self.unsealed += 1;
@@ -394,7 +398,7 @@ impl Store {
                 // checkpoint) is not looked up here: sealing merges it with its block, the
                 // sealed copy wins, and reads merge by time. Checking every replayed
                 // position against its block would decode a block per position.
-                live.insert(*imei, pos.clone());
+                live.insert(*imei, pos);
             }
             Op::Event { imei, event } => {
                 device_entry(live, *imei, event.received_ms);

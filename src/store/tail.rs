@@ -76,7 +76,7 @@ impl Tail {
 
     /// Adds a position; the first one stored for a fix time wins. Returns false for a
     /// fix time already present.
-    pub fn insert(&mut self, p: PositionRecord) -> bool {
+    pub fn insert(&mut self, p: &PositionRecord) -> bool {
         let row = self.pack(p);
         match self.rows.last() {
             None => self.rows.push(row),
@@ -135,17 +135,19 @@ impl Tail {
         Some(n as u16)
     }
 
-    fn pack(&mut self, p: PositionRecord) -> Row {
+    /// Borrows the record: the writer keeps it for the device's latest position too, and
+    /// a copy per position for packing was a visible part of its time under load.
+    fn pack(&mut self, p: &PositionRecord) -> Row {
         let mut extra = Extra {
-            invalid_reason: p.invalid_reason,
+            invalid_reason: p.invalid_reason.clone(),
             odometer_m: p.odometer_m,
-            alarm: p.alarm,
+            alarm: p.alarm.clone(),
             battery_percent: p.battery_percent,
             gsm_signal: p.gsm_signal,
             power_mv: p.power_mv,
             battery_mv: p.battery_mv,
             temperature_dc: p.temperature_dc,
-            driver_id: p.driver_id,
+            driver_id: p.driver_id.clone(),
             altitude_m: p.altitude_m,
             driving_time_s: p.driving_time_s,
             engine_time_s: p.engine_time_s,
@@ -301,10 +303,10 @@ mod tests {
             ..plain(50)
         };
         for p in [plain(30), full(10), plain(20), far.clone()] {
-            assert!(tail.insert(p));
+            assert!(tail.insert(&p));
         }
         assert!(
-            !tail.insert(plain(20)),
+            !tail.insert(&plain(20)),
             "a second position at the same fix time is refused"
         );
         let got = tail.range(0, i64::MAX);

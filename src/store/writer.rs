@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Largest block, in positions (~24 KiB encoded at 6 B/position).
 pub const BLOCK_MAX: usize = 4096;
@@ -35,11 +35,24 @@ pub const BLOCK_MAX: usize = 4096;
 pub const SMALL_BLOCK: u32 = 512;
 pub const MERGE_FANIN: usize = 8;
 
-/// One request; `ack` lets the sender learn when it is durable.
+/// Most operations one request may carry. A session sends what one socket read held as
+/// one request (a few hundred frames under load), so the queue's per-request cost is paid
+/// once per read, not once per frame; the cap keeps any one request well inside
+/// [`WriterHandle`]'s bound.
+pub const REQ_OPS_MAX: usize = 256;
+
+/// One request: operations applied in order and made durable together; `ack` lets the
+/// sender learn when they are.
 #[derive(Debug)]
 pub struct WriteReq {
-    pub op: Op,
+    pub ops: Vec<Op>,
     pub ack: Option<(Arc<Durability>, u64)>,
+}
+
+impl WriteReq {
+    pub fn one(op: Op, ack: Option<(Arc<Durability>, u64)>) -> Self {
+        WriteReq { ops: vec![op], ack }
+    }
 }
 
 /// How far a connection's writes are durable.
@@ -79,7 +92,9 @@ impl Durability {
         });
     }
 
-    fn fail(&self, reason: &'static str) {
+    /// Nothing after this may be acknowledged: the writer's commit failed, or the session
+    /// could not hand its data to the writer at all.
+    pub fn fail(&self, reason: &'static str) {
         self.tx.send_if_modified(|s| {
             let first = s.failed.is_none();
             s.failed.get_or_insert(reason);
@@ -100,11 +115,15 @@ pub struct WriterStats {
     pub checkpoint_us_max: AtomicU64,
 }
 
-/// The sending side, cloned into every session. Bounded: when the disk is slower than
-/// the fleet, `send` waits and sessions stop reading, so TCP pushes back on devices.
+/// The sending side, cloned into every session. Bounded in operations, not requests (a
+/// request carries 1 to [`REQ_OPS_MAX`]): a sender first takes one permit per operation,
+/// and the writer gives them back as it takes requests off the queue. When the disk is
+/// slower than the fleet, `send` waits and sessions stop reading, so TCP pushes back on
+/// devices.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<WriteReq>,
+    tx: mpsc::UnboundedSender<WriteReq>,
+    room: Arc<Semaphore>,
     pub stats: Arc<WriterStats>,
     guard: Arc<DiskGuard>,
 }
@@ -117,12 +136,45 @@ impl WriterHandle {
     }
 
     pub async fn send(&self, req: WriteReq) -> Result<(), StoreError> {
-        self.tx.send(req).await.map_err(|_| StoreError::Closed)
+        let n = permits(&req)?;
+        self.room
+            .acquire_many(n)
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .forget();
+        self.tx.send(req).map_err(|_| StoreError::Closed)
     }
 
     /// For callers outside the runtime (benchmarks, tools).
     pub fn blocking_send(&self, req: WriteReq) -> Result<(), StoreError> {
-        self.tx.blocking_send(req).map_err(|_| StoreError::Closed)
+        block_on(self.send(req))
+    }
+}
+
+fn permits(req: &WriteReq) -> Result<u32, StoreError> {
+    match req.ops.len() {
+        n @ 1..=REQ_OPS_MAX => Ok(n as u32),
+        n => Err(StoreError::Request(n)),
+    }
+}
+
+/// Runs `fut` to completion on this (non-runtime) thread, parking it while the future
+/// waits: enough for [`WriterHandle::blocking_send`], whose only wait is for queue room.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 
@@ -162,7 +214,8 @@ pub fn spawn(
     opts: WriterOptions,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let max_batch = opts.max_batch.max(1);
-    let (tx, rx) = mpsc::channel(max_batch * 2);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new((max_batch * 2).max(REQ_OPS_MAX)));
     let stats = Arc::new(WriterStats::default());
     let guard = opened.store.disk().clone();
     let mut w = Writer {
@@ -171,6 +224,7 @@ pub fn spawn(
         store: opened.store,
         journal: opened.journal,
         rx,
+        room: room.clone(),
         opts: WriterOptions { max_batch, ..opts },
         last_checkpoint: Instant::now(),
         last_retention: None,
@@ -182,7 +236,15 @@ pub fn spawn(
     let join = std::thread::Builder::new()
         .name("gt06-writer".into())
         .spawn(move || w.run())?;
-    Ok((WriterHandle { tx, stats, guard }, join))
+    Ok((
+        WriterHandle {
+            tx,
+            room,
+            stats,
+            guard,
+        },
+        join,
+    ))
 }
 
 /// A checkpoint under way.
@@ -242,7 +304,9 @@ struct Writer {
     checkpoint: Option<Checkpoint>,
     store: Store,
     journal: Journal,
-    rx: mpsc::Receiver<WriteReq>,
+    rx: mpsc::UnboundedReceiver<WriteReq>,
+    /// The queue's bound in operations; see [`WriterHandle`].
+    room: Arc<Semaphore>,
     opts: WriterOptions,
     last_checkpoint: Instant,
     last_retention: Option<Instant>,
@@ -291,10 +355,10 @@ impl Writer {
                 }
             };
             if let Some(first) = first {
-                batch.push(first);
-                while batch.len() < self.opts.max_batch {
+                let mut ops = self.take(&mut batch, first);
+                while ops < self.opts.max_batch {
                     match self.rx.try_recv() {
-                        Ok(req) => batch.push(req),
+                        Ok(req) => ops += self.take(&mut batch, req),
                         Err(_) => break,
                     }
                 }
@@ -324,13 +388,11 @@ impl Writer {
                         if matches!(e, StoreError::DiskFull) {
                             self.guard.disk_full();
                         }
-                        tracing::error!(reason = e.reason(), error = %e, records = batch.len(), "store commit failed");
+                        tracing::error!(reason = e.reason(), error = %e, records = ops, "store commit failed");
                     }
                 }
-                self.stats
-                    .ops
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                self.stored_since_trim += batch.len();
+                self.stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
+                self.stored_since_trim += ops;
                 if self.stored_since_trim >= TRIM_EVERY_STORED {
                     self.trim();
                 }
@@ -377,6 +439,15 @@ impl Writer {
         tracing::info!("store writer stopped");
     }
 
+    /// Moves a request off the queue into `batch`, giving its room back to senders.
+    /// Returns how many operations it carries.
+    fn take(&self, batch: &mut Vec<WriteReq>, req: WriteReq) -> usize {
+        let n = req.ops.len();
+        self.room.add_permits(n);
+        batch.push(req);
+        n
+    }
+
     /// Gives freed heap pages back to the kernel. Sealing frees tails, the records
     /// decoded from them and the blocks encoded while fresh tails grow elsewhere in the
     /// heap; glibc kept all of it, and by the end of a checkpoint at 100 M positions that
@@ -388,10 +459,10 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &[WriteReq]) -> Result<(), StoreError> {
-        let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
+        let ops: Vec<&Op> = batch.iter().flat_map(|r| &r.ops).collect();
         let started = Instant::now();
         self.journal.append_refs(&ops)?;
-        METRICS.commit(batch.len(), started.elapsed());
+        METRICS.commit(ops.len(), started.elapsed());
         let mut live = self.store.live_mut();
         for op in ops {
             self.store.apply(&mut live, op);
@@ -409,24 +480,27 @@ impl Writer {
     fn commit_low(&mut self, batch: &[WriteReq]) {
         let mut live = self.store.live_mut();
         for req in batch {
-            let refused = match &req.op {
-                Op::Position { .. } => Some(Refused::Position),
-                Op::Event { .. } => Some(Refused::Event),
-                Op::Seen { .. } | Op::Info { .. } => None,
-            };
-            match (refused, &req.ack) {
-                (Some(kind), ack) => {
-                    METRICS.write_refused(kind);
-                    if let Some((d, _)) = ack {
-                        d.fail(self.guard.level().reason());
+            let mut refused_any = false;
+            for op in &req.ops {
+                let refused = match op {
+                    Op::Position { .. } => Some(Refused::Position),
+                    Op::Event { .. } => Some(Refused::Event),
+                    Op::Seen { .. } | Op::Info { .. } => None,
+                };
+                match refused {
+                    Some(kind) => {
+                        METRICS.write_refused(kind);
+                        refused_any = true;
                     }
+                    None => self.store.apply(&mut live, op),
                 }
-                (None, ack) => {
-                    self.store.apply(&mut live, &req.op);
-                    if let Some((d, seq)) = ack {
-                        d.mark(*seq);
-                    }
-                }
+            }
+            // One refused operation fails the whole request's sequence number: nothing
+            // sent after it on that connection may be answered.
+            match (&req.ack, refused_any) {
+                (Some((d, _)), true) => d.fail(self.guard.level().reason()),
+                (Some((d, seq)), false) => d.mark(*seq),
+                (None, _) => {}
             }
         }
     }
@@ -642,7 +716,7 @@ impl Writer {
                         // Back to the fresh tails (readers keep seeing them, the next
                         // checkpoint tries again, and its journal segments stay).
                         for p in kept {
-                            live.insert(*imei, p);
+                            live.insert(*imei, &p);
                         }
                         tracing::error!(imei, error = %e, "cannot seal a device's positions");
                         if let Some(c) = self.checkpoint.as_mut() {
@@ -656,7 +730,7 @@ impl Writer {
                 for ops in &all {
                     for (_, bytes) in &ops.write {
                         for p in block::decode_block(bytes).unwrap_or_default() {
-                            live.insert(ops.imei, p);
+                            live.insert(ops.imei, &p);
                         }
                     }
                 }
@@ -761,14 +835,11 @@ impl Writer {
 fn unseal_rest(live: &mut Live) {
     for (imei, mut tail) in std::mem::take(&mut live.sealing) {
         for p in tail.take_all() {
-            live.insert(imei, p);
+            live.insert(imei, &p);
         }
     }
 }
 
-// One `Recv` lives at a time, on the writer's stack; boxing the request would cost an
-// allocation per request for nothing.
-#[allow(clippy::large_enum_variant)]
 enum Recv {
     Got(WriteReq),
     Timeout,
@@ -777,7 +848,7 @@ enum Recv {
 
 /// `blocking_recv` with a deadline, polling in short sleeps: the writer has no runtime of
 /// its own, and waking every 10 ms only while something is unsealed is nearly free.
-fn recv_timeout(rx: &mut mpsc::Receiver<WriteReq>, wait: Duration) -> Recv {
+fn recv_timeout(rx: &mut mpsc::UnboundedReceiver<WriteReq>, wait: Duration) -> Recv {
     let deadline = Instant::now() + wait;
     loop {
         match rx.try_recv() {
@@ -1020,10 +1091,7 @@ mod tests {
             let n = ops.len() as u64;
             for (i, op) in ops.into_iter().enumerate() {
                 handle
-                    .send(WriteReq {
-                        op,
-                        ack: Some((d.clone(), i as u64 + 1)),
-                    })
+                    .send(WriteReq::one(op, Some((d.clone(), i as u64 + 1))))
                     .await
                     .unwrap();
             }
@@ -1053,6 +1121,61 @@ mod tests {
         // Half a checkpoint's worth arrived while sealing: finish before more commits.
         assert!(seal_budget(500, 999, 1000, 1000) >= Duration::from_secs(60));
         assert!(seal_budget(5, 0, 10, 0) >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn requests_of_many_operations_are_bounded_by_operations_not_requests() {
+        let dir = tempdir("many_ops");
+        let opened = Store::open(&dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        // max_batch 16: the queue holds REQ_OPS_MAX operations, whatever the requests.
+        let (handle, join) = spawn(opened, opts(1_000_000)).unwrap();
+        let positions = |range: std::ops::Range<i64>| -> Vec<Op> {
+            range
+                .map(|t| Op::Position {
+                    imei: 7,
+                    pos: pos(t * 1000),
+                })
+                .collect()
+        };
+        let too_many = WriteReq {
+            ops: positions(0..REQ_OPS_MAX as i64 + 1),
+            ack: None,
+        };
+        assert!(matches!(
+            handle.blocking_send(too_many),
+            Err(StoreError::Request(n)) if n == REQ_OPS_MAX + 1
+        ));
+        let empty = WriteReq {
+            ops: Vec::new(),
+            ack: None,
+        };
+        assert!(matches!(
+            handle.blocking_send(empty),
+            Err(StoreError::Request(0))
+        ));
+        // Twenty full requests through a queue with room for one: each waits for room.
+        let d = Arc::new(Durability::default());
+        let per = REQ_OPS_MAX as i64;
+        for k in 0..20 {
+            let req = WriteReq {
+                ops: positions(k * per..(k + 1) * per),
+                ack: Some((d.clone(), k as u64 + 1)),
+            };
+            handle.blocking_send(req).unwrap();
+            assert!(handle.room.available_permits() <= REQ_OPS_MAX);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut rx = d.subscribe();
+        rt.block_on(async { rx.wait_for(|s| s.seq >= 20).await.map(|_| ()).unwrap() });
+        let want: Vec<i64> = (0..20 * per).map(|t| t * 1000).collect();
+        assert_eq!(times(&store, 7), want);
+        drop(handle);
+        join.join().unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

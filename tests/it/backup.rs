@@ -307,7 +307,7 @@ fn preload_events(data: &Path, n: i64) {
             event,
         };
         let ack = Some((d.clone(), i as u64 + 1));
-        handle.blocking_send(WriteReq { op, ack }).unwrap();
+        handle.blocking_send(WriteReq::one(op, ack)).unwrap();
     }
     let mut rx = d.subscribe();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -190,6 +190,40 @@ fn frames_glued_in_one_write_or_cut_across_writes_are_all_answered() {
 }
 
 #[test]
+fn a_backlog_in_one_write_is_stored_whole_before_its_answers() {
+    // 1,000 positions and a heartbeat in one write: the session reads them in a few
+    // reads of many frames, sends each read to the store as one request (more than one
+    // when a read holds more than a request may carry), and every answer waits for
+    // what came before it.
+    let g = Gt06::start();
+    let imei = "358899051234567";
+    let mut d = g.logged_in(imei, 1);
+    let lbs = Lbs::default();
+    let mut backlog = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..1000u16 {
+        let t = (9, (i / 60) as u8, (i % 60) as u8);
+        let serial = 2 + i;
+        backlog.extend(encode::location_0x12(
+            &gps(t, 1_000_000 + i32::from(i), 2_000_000, 40, 90),
+            &lbs,
+            serial,
+        ));
+        want.extend(ack(0x12, serial));
+    }
+    backlog.extend(encode::heartbeat(&Status::default(), 1002));
+    want.extend(ack(0x13, 1002));
+    d.send(&backlog);
+    assert_eq!(d.read_exact(want.len()), want);
+    // The last answer went out after everything before it was durable: all readable now.
+    let (_, v) = g.get_json(&format!("/api/devices/{imei}/positions?limit=2000"));
+    let got = v["positions"].as_array().unwrap();
+    assert_eq!(got.len(), 1000, "{}", v["next"]);
+    assert_eq!(got[0]["time"], "2026-02-11T09:00:00.000Z");
+    assert_eq!(got[999]["time"], "2026-02-11T09:16:39.000Z");
+}
+
+#[test]
 fn bad_crc_frame_is_dropped_unanswered_and_the_connection_stays() {
     let g = Gt06::start();
     let mut d = g.logged_in("864717003283581", 1);
