@@ -117,8 +117,8 @@ mod tests {
             },
             None,
         );
-        let event = WriteReq {
-            ops: vec![Op::Event {
+        let event = WriteReq::one(
+            Op::Event {
                 imei: 2,
                 event: EventRecord {
                     time_ms: 3,
@@ -128,9 +128,9 @@ mod tests {
                     lon_raw: None,
                     text: None,
                 },
-            }],
-            ack: None,
-        };
+            },
+            None,
+        );
         hub.publish(&[position(1, 2), seen, event]);
         assert!(
             matches!(&*rx.try_recv().unwrap(), LiveItem::Position { imei: 1, pos } if pos.time_ms == 2)

@@ -125,6 +125,10 @@ struct Session {
     /// Operations of the frames handled since the last request: sent as one request
     /// at the end of each read (or when full), which gets sequence number `seq + 1`.
     pending: Vec<Op>,
+    /// How many operations the last request carried: the next one is given that room at
+    /// once (growing by doubling copied a full read's operations about twice over). An
+    /// idle connection holds no room at all.
+    pending_hint: usize,
     out: mpsc::Sender<Outgoing>,
     warned: Warned,
     online: Online,
@@ -164,6 +168,7 @@ pub async fn run(
             durable,
             seq: 0,
             pending: Vec::new(),
+            pending_hint: 0,
             out: out_tx,
             warned: Warned::default(),
             time_setting: TimeSetting::default(),
@@ -411,6 +416,9 @@ impl Session {
         if self.pending.len() + MESSAGE_OPS_MAX > REQ_OPS_MAX {
             self.flush().await?;
         }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(self.pending_hint.max(MESSAGE_OPS_MAX));
+        }
         let first_new = self.pending.len();
         ops_for(key, &msg, now, offset_min, &mut self.pending);
         if low {
@@ -516,14 +524,12 @@ impl Session {
         }
         self.seq += 1;
         let ops = std::mem::take(&mut self.pending);
+        self.pending_hint = ops.len();
         let positions = ops
             .iter()
             .filter(|op| matches!(op, Op::Position { .. }))
             .count();
-        let req = WriteReq {
-            ops,
-            ack: Some((self.durable.clone(), self.seq)),
-        };
+        let req = WriteReq::new(ops, Some((self.durable.clone(), self.seq)));
         if let Err(e) = self.ctx.writer.send(req).await {
             // Answers already queued wait for this request: they must not go out, nor
             // wait for ever.

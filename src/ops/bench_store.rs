@@ -78,7 +78,7 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
             sent += n;
             let crossed = sent / args.ack_every != (sent - n) / args.ack_every;
             let ack = crossed.then(|| (conns[c].clone(), seqs[c]));
-            handle.blocking_send(WriteReq { ops, ack })?;
+            handle.blocking_send(WriteReq::new(ops, ack))?;
         }
     }
     let write_elapsed = started.elapsed();
@@ -93,7 +93,7 @@ pub fn main(args: BenchStoreArgs) -> anyhow::Result<()> {
     let mut day = day.into_iter().peekable();
     while day.peek().is_some() {
         let ops: Vec<Op> = day.by_ref().take(REQ_OPS_MAX).collect();
-        handle.blocking_send(WriteReq { ops, ack: None })?;
+        handle.blocking_send(WriteReq::new(ops, None))?;
     }
     let stats = handle.stats.clone();
     drop(handle);
