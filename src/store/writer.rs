@@ -327,6 +327,15 @@ struct Writer {
     stored_since_trim: usize,
 }
 
+impl Drop for Writer {
+    /// However the writer ends (all handles dropped, or a panic), a session waiting for
+    /// room in its queue gets `StoreError::Closed` instead of waiting for ever: the
+    /// bounded channel this replaced did that by itself.
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
 impl Writer {
     fn run(&mut self) {
         let mut batch = Vec::with_capacity(self.opts.max_batch);
