@@ -190,10 +190,23 @@ impl Store {
     /// Commits go on; sealing waits until the returned value is dropped.
     pub fn freeze_for_backup(&self, wait: Duration) -> Result<Frozen, DumpError> {
         let dir = self.inner.journal_dir.clone();
+        let end = self.inner.journal_end.clone();
         let listed = self.inner.gate.freeze(wait, || -> Result<_, StoreError> {
+            // Where the records end first, then the files: a segment begun in between
+            // holds only writes after the freeze, and is left out.
+            let (end_seq, end_len) = *end.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::new();
-            for p in journal::segment_files(&dir)? {
-                let len = std::fs::metadata(&p)?.len();
+            for (seq, p) in journal::segment_list(&dir)? {
+                if end_seq != 0 && seq > end_seq {
+                    continue;
+                }
+                // The segment being written may hold zeros, or records committed after
+                // this instant, past its durable end.
+                let len = if seq == end_seq {
+                    end_len
+                } else {
+                    std::fs::metadata(&p)?.len()
+                };
                 out.push((p, len));
             }
             Ok(out)

@@ -161,6 +161,8 @@ struct Inner {
     guard: Arc<guard::DiskGuard>,
     /// Checkpoints that failed since the last one that completed (the writer counts).
     checkpoint_failures: std::sync::atomic::AtomicU32,
+    /// Where the journal's durable records end (the writer's journal publishes it).
+    journal_end: journal::End,
 }
 
 /// Read access to the store, cheap to clone.
@@ -239,12 +241,13 @@ impl Store {
                 .insert("format", &STORE_FORMAT.to_be_bytes())?;
             store.sync()?;
         }
-        let (journal, replay) = journal::Journal::open(&data_dir.join("journal"), |ops| {
+        let (mut journal, replay) = journal::Journal::open(&data_dir.join("journal"), |ops| {
             let mut live = store.live_mut();
             for op in ops {
                 store.apply(&mut live, &op);
             }
         })?;
+        journal.publish_end_to(store.inner.journal_end.clone());
         Ok(Opened {
             store,
             journal,
@@ -346,6 +349,7 @@ impl Store {
             db,
             guard: Arc::new(guard::DiskGuard::new(data_dir)),
             checkpoint_failures: Default::default(),
+            journal_end: Default::default(),
         };
         let store = Store {
             inner: Arc::new(inner),

@@ -195,8 +195,11 @@ pub struct WriterOptions {
     pub checkpoint_positions: usize,
     /// Seal at least this often while anything is unsealed.
     pub checkpoint_interval: Duration,
-    /// Seal when the journal segment grows past this many bytes.
+    /// Seal when the journal since the last checkpoint grows past this many bytes.
     pub checkpoint_journal_bytes: u64,
+    /// Journal segments are filled with zeros this long ahead of use (0: they only
+    /// grow); see [`super::journal`] for why.
+    pub journal_segment_bytes: u64,
     /// Drop blocks whose newest fix is older than this; `None` keeps everything.
     pub retention: Option<Duration>,
     /// Where durable positions and events are published for `/api/live`.
@@ -210,6 +213,7 @@ impl Default for WriterOptions {
             checkpoint_positions: 2_000_000,
             checkpoint_interval: Duration::from_secs(900),
             checkpoint_journal_bytes: 256 * 1024 * 1024,
+            journal_segment_bytes: 32 * 1024 * 1024,
             retention: None,
             live: None,
         }
@@ -227,11 +231,13 @@ pub fn spawn(
     let room = Arc::new(Semaphore::new((max_batch * 2).max(REQ_OPS_MAX)));
     let stats = Arc::new(WriterStats::default());
     let guard = opened.store.disk().clone();
+    let mut journal = opened.journal;
+    journal.fill_ahead(opts.journal_segment_bytes);
     let mut w = Writer {
         stats: stats.clone(),
         guard: guard.clone(),
         store: opened.store,
-        journal: opened.journal,
+        journal,
         rx,
         room: room.clone(),
         opts: WriterOptions { max_batch, ..opts },
@@ -546,7 +552,7 @@ impl Writer {
         }
         let unsealed = self.store.fresh_unsealed();
         let due = unsealed >= self.opts.checkpoint_positions
-            || self.journal.len() >= self.opts.checkpoint_journal_bytes
+            || self.journal.unsealed_bytes() >= self.opts.checkpoint_journal_bytes
             || (unsealed > 0 && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
         if due && !self.headroom() {
             // Try again in about a second (the interval test comes due then).
@@ -567,7 +573,8 @@ impl Writer {
     /// restarts), so a checkpoint starts only with room for what it writes (twice the
     /// journal it seals, plus [`CHECKPOINT_HEADROOM`]), whatever `store.min_free_*` say.
     fn headroom(&mut self) -> bool {
-        let need = CHECKPOINT_HEADROOM.saturating_add(self.journal.len().saturating_mul(2));
+        let need =
+            CHECKPOINT_HEADROOM.saturating_add(self.journal.unsealed_bytes().saturating_mul(2));
         let ok = self.guard.free_now().is_none_or(|free| free >= need);
         if ok != self.headroom_ok {
             self.headroom_ok = ok;
@@ -1100,6 +1107,8 @@ mod tests {
         WriterOptions {
             max_batch: 16,
             checkpoint_positions,
+            // Small segments: the tests move through many, filled ahead and not.
+            journal_segment_bytes: 64 * 1024,
             ..WriterOptions::default()
         }
     }

@@ -180,6 +180,24 @@ fn running_out_of_descriptors_backs_off_instead_of_spinning_and_recovers() {
     let g = Gt06::start();
     let pid = g.pid();
     let mut d = g.logged_in("864717003283581", 1);
+    // The journal fills its next segment on a thread with a file of its own open; the
+    // count below must not include a descriptor that is about to be given back, so it
+    // waits for the spare to be filled and closed.
+    let spare_open = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.ends_with("spare.tmp")))
+    };
+    let spare = g.data.join("journal/spare.tmp");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !spare.exists() || spare_open() {
+        assert!(
+            std::time::Instant::now() < until,
+            "spare still open after 20 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count() as u64;

@@ -132,6 +132,20 @@ fn changed(
     out
 }
 
+/// Where a journal segment's records end: after the magic, records `len u32 | crc u32 |
+/// payload` until the file ends or a zero length (the zeros of a segment filled ahead).
+fn records_end(seg: &[u8]) -> u64 {
+    let mut at = 8;
+    while at + 8 <= seg.len() {
+        let len = u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 8 + len;
+    }
+    at.min(seg.len()) as u64
+}
+
 fn verify_and_doctor(data: &std::path::Path) -> String {
     let out = Command::new(bin())
         .args(["verify", "--data-dir", data.to_str().unwrap()])
@@ -161,10 +175,14 @@ fn verify_and_doctor_leave_a_store_as_they_found_it() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
         .max()
         .unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1, 2]).unwrap();
+    // Right after the last record: where a write cut short would be, whether the
+    // segment grows or was filled with zeros ahead of use (API.md, the journal's layout).
+    let at = records_end(&std::fs::read(&seg).unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[40, 0, 0, 0, 1, 2], at).unwrap();
     drop(f);
     let before = snapshot(&journal);
     let text = verify_and_doctor(&data);
