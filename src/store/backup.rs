@@ -196,7 +196,7 @@ impl Store {
             // holds only writes after the freeze, and is left out.
             let (end_seq, end_len) = *end.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::new();
-            for (seq, p) in journal::segment_list(&dir)? {
+            for (seq, p) in journal::segments(&dir)? {
                 if end_seq != 0 && seq > end_seq {
                     continue;
                 }

@@ -86,7 +86,8 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.wal"))
 }
 
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+/// The segments in `dir` with their sequence numbers, oldest first.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -643,16 +644,6 @@ fn last_nonzero(r: &mut impl Read) -> Result<u64, StoreError> {
 
 fn last_nonzero_in(b: &[u8]) -> Option<usize> {
     b.iter().rposition(|&x| x != 0)
-}
-
-/// The segments in `dir`, oldest first.
-pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    Ok(segments(dir)?.into_iter().map(|(_, p)| p).collect())
-}
-
-/// The segments in `dir` with their sequence numbers, oldest first.
-pub fn segment_list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    segments(dir)
 }
 
 #[cfg(test)]
