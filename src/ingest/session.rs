@@ -7,11 +7,11 @@
 
 use super::device_time::{OffsetDetector, TimeSetting};
 use super::{IngestCtx, Online};
-use crate::ops::metrics::{FrameResult, Refused, METRICS};
+use crate::ops::metrics::{FrameResult, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
 use crate::store::{
-    Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord, StoreError, WriteReq,
-    REQ_OPS_MAX,
+    refused_when_low, Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord,
+    StoreError, WriteReq, REQ_OPS_MAX,
 };
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
@@ -423,12 +423,7 @@ impl Session {
         ops_for(key, &msg, now, offset_min, &mut self.pending);
         if low {
             for op in self.pending.split_off(first_new) {
-                let refused = match op {
-                    Op::Position { .. } => Some(Refused::Position),
-                    Op::Event { .. } => Some(Refused::Event),
-                    _ => None,
-                };
-                match refused {
+                match refused_when_low(&op) {
                     Some(kind) => {
                         METRICS.write_refused(kind);
                         withheld = true;

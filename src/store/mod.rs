@@ -32,7 +32,7 @@ pub mod writer;
 pub use codec::{
     BlockMeta, DeviceRecord, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord,
 };
-pub use writer::{Durability, DurableState, WriteReq, WriterHandle, REQ_OPS_MAX};
+pub use writer::{refused_when_low, Durability, DurableState, WriteReq, WriterHandle, REQ_OPS_MAX};
 
 use imei_map::{ImeiMap, ImeiSet};
 use std::path::{Path, PathBuf};

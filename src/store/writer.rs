@@ -262,6 +262,17 @@ pub fn spawn(
     ))
 }
 
+/// What a low disk refuses: data (positions, events), never status. One answer for the
+/// sessions, which refuse before sending, and the writer, which refuses what was queued
+/// when the disk turned low.
+pub fn refused_when_low(op: &Op) -> Option<Refused> {
+    match op {
+        Op::Position { .. } => Some(Refused::Position),
+        Op::Event { .. } => Some(Refused::Event),
+        Op::Seen { .. } | Op::Info { .. } => None,
+    }
+}
+
 /// A checkpoint under way.
 struct Checkpoint {
     old_segments: Vec<std::path::PathBuf>,
@@ -510,12 +521,7 @@ impl Writer {
         for req in batch {
             let mut refused_any = false;
             for op in &req.ops {
-                let refused = match op {
-                    Op::Position { .. } => Some(Refused::Position),
-                    Op::Event { .. } => Some(Refused::Event),
-                    Op::Seen { .. } | Op::Info { .. } => None,
-                };
-                match refused {
+                match refused_when_low(op) {
                     Some(kind) => {
                         METRICS.write_refused(kind);
                         refused_any = true;
