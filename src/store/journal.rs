@@ -598,14 +598,19 @@ pub fn scan_segment(
             });
         }
         if len > MAX_RECORD || good + 8 + len as u64 > total {
-            return Ok((good, torn_end(good, &[], &mut r, total)?, 1, old));
+            return Ok((good, torn_end(good, &head, &[], &mut r, total)?, 1, old));
         }
         payload.resize(len as usize, 0);
         if r.read_exact(&mut payload).is_err() {
             return Ok((good, total, 1, old));
         }
         if crc32fast::hash(&payload) != crc || !f(&payload, old)? {
-            return Ok((good, torn_end(good, &payload, &mut r, total)?, 1, old));
+            return Ok((
+                good,
+                torn_end(good, &head, &payload, &mut r, total)?,
+                1,
+                old,
+            ));
         }
         good += 8 + len as u64;
     }
@@ -614,14 +619,23 @@ pub fn scan_segment(
 /// Where the bytes of a bad record at `good` end: at the file's end for a segment that
 /// grows, at the last nonzero byte before the zeros for one filled ahead of use (so a
 /// torn write is reported by its own size, not the segment's).
-fn torn_end(good: u64, payload: &[u8], r: &mut impl Read, total: u64) -> Result<u64, StoreError> {
+fn torn_end(
+    good: u64,
+    head: &[u8; 8],
+    payload: &[u8],
+    r: &mut impl Read,
+    total: u64,
+) -> Result<u64, StoreError> {
     let after = last_nonzero(r)?;
-    let end = if after > 0 {
-        good + 8 + payload.len() as u64 + after
+    let within = if after > 0 {
+        8 + payload.len() as u64 + after
+    } else if let Some(i) = last_nonzero_in(payload) {
+        8 + i as u64 + 1
     } else {
-        good + 8 + last_nonzero_in(payload).map_or(0, |i| i as u64 + 1)
+        // A header cut short inside the zeros: its own last written byte.
+        last_nonzero_in(head).map_or(0, |i| i as u64 + 1)
     };
-    Ok(end.min(total))
+    Ok((good + within).min(total))
 }
 
 /// Reads `r` to its end; returns the length of what it held up to its last nonzero byte.
@@ -880,8 +894,15 @@ mod tests {
     /// are reported by their own size, and the segment's earlier records all replay.
     #[test]
     fn a_torn_record_in_the_zeros_is_cut_and_counted_by_its_own_size() {
-        for header_lost in [false, true] {
-            let d = dir(&format!("ahead-torn-{header_lost}"));
+        // A record whose end never reached the disk, one whose first page did not, and
+        // a header cut short (what `ops::verify_and_doctor…` writes).
+        let record: &[u8] = &[9, 0, 0, 0, 7, 7, 7, 7, 1, 2, 3];
+        let header: &[u8] = &[40, 0, 0, 0, 1, 2];
+        for (k, (torn, header_lost)) in [(record, false), (record, true), (header, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let d = dir(&format!("ahead-torn-{k}"));
             let (mut j, _, _) = replay(&d);
             j.fill_ahead(64 * 1024);
             j.append(&[op(1)]).unwrap();
@@ -896,8 +917,6 @@ mod tests {
             let mut bytes = std::fs::read(&path).unwrap();
             assert_eq!(bytes.len(), 64 * 1024);
             let at = end as usize;
-            // A record whose end never reached the disk, or whose first page did not.
-            let torn: &[u8] = &[9, 0, 0, 0, 7, 7, 7, 7, 1, 2, 3];
             bytes[at..at + torn.len()].copy_from_slice(torn);
             if header_lost {
                 bytes[at..at + 8].fill(0);
@@ -906,7 +925,7 @@ mod tests {
             let _ = std::fs::remove_file(d.join(SPARE));
             let (mut j, got, stats) = replay(&d);
             assert_eq!(got.len(), 3, "{stats:?}");
-            assert_eq!(stats.torn_tail_bytes, torn.len() as u64);
+            assert_eq!(stats.torn_tail_bytes, torn.len() as u64, "case {k}");
             assert_eq!(stats.corrupt_records, 0);
             j.append(&[op(4)]).unwrap();
             drop(j);
