@@ -1119,6 +1119,17 @@ mod tests {
         }
     }
 
+    /// Opens the store in `dir` (fresh or not) and starts its writer.
+    fn run_writer(
+        dir: &std::path::Path,
+        opts: WriterOptions,
+    ) -> (Store, WriterHandle, std::thread::JoinHandle<()>) {
+        let opened = Store::open(dir, Default::default()).unwrap();
+        let store = opened.store.clone();
+        let (handle, join) = spawn(opened, opts).unwrap();
+        (store, handle, join)
+    }
+
     fn write_all(handle: &WriterHandle, ops: Vec<Op>) {
         let d = Arc::new(Durability::default());
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1163,10 +1174,8 @@ mod tests {
     #[test]
     fn requests_of_many_operations_are_bounded_by_operations_not_requests() {
         let dir = tempdir("many_ops");
-        let opened = Store::open(&dir, Default::default()).unwrap();
-        let store = opened.store.clone();
         // max_batch 16: the queue holds REQ_OPS_MAX operations, whatever the requests.
-        let (handle, join) = spawn(opened, opts(1_000_000)).unwrap();
+        let (store, handle, join) = run_writer(&dir, opts(1_000_000));
         let positions = |range: std::ops::Range<i64>| -> Vec<Op> {
             range
                 .map(|t| Op::Position {
@@ -1212,9 +1221,7 @@ mod tests {
     #[test]
     fn acked_writes_are_readable_and_latest_never_moves_back() {
         let dir = tempdir("acked");
-        let opened = Store::open(&dir, Default::default()).unwrap();
-        let store = opened.store.clone();
-        let (handle, join) = spawn(opened, opts(1_000_000)).unwrap();
+        let (store, handle, join) = run_writer(&dir, opts(1_000_000));
         let ops = [2_000, 1_000, 3_000, 2_500]
             .iter()
             .map(|t| Op::Position {
@@ -1241,10 +1248,8 @@ mod tests {
     fn late_and_resent_positions_land_in_order_exactly_once_across_seals_and_reopen() {
         let dir = tempdir("late");
         {
-            let opened = Store::open(&dir, Default::default()).unwrap();
-            let store = opened.store.clone();
             // Checkpoint every 10 positions, so sealing happens between the writes.
-            let (handle, join) = spawn(opened, opts(10)).unwrap();
+            let (store, handle, join) = run_writer(&dir, opts(10));
             let first: Vec<Op> = (0..25)
                 .map(|i| Op::Position {
                     imei: 7,
@@ -1284,9 +1289,7 @@ mod tests {
     #[test]
     fn identical_alarm_is_stored_once_and_different_ones_both() {
         let dir = tempdir("events");
-        let opened = Store::open(&dir, Default::default()).unwrap();
-        let store = opened.store.clone();
-        let (handle, join) = spawn(opened, opts(1000)).unwrap();
+        let (store, handle, join) = run_writer(&dir, opts(1000));
         let ev = |kind: &str| EventRecord {
             time_ms: 5_000,
             received_ms: 5_100,
@@ -1313,9 +1316,7 @@ mod tests {
     #[test]
     fn quiet_device_merges_its_small_blocks() {
         let dir = tempdir("small");
-        let opened = Store::open(&dir, Default::default()).unwrap();
-        let store = opened.store.clone();
-        let (handle, join) = spawn(opened, opts(3)).unwrap();
+        let (store, handle, join) = run_writer(&dir, opts(3));
         // Ten seals of three positions: the eighth merges the first eight blocks.
         for round in 0..10 {
             let ops = (0..3)
@@ -1344,11 +1345,9 @@ mod tests {
     #[test]
     fn a_read_while_sealing_merges_blocks_sees_every_acked_position() {
         let dir = tempdir("readseal");
-        let opened = Store::open(&dir, Default::default()).unwrap();
-        let store = opened.store.clone();
         // Seals of ten positions: small blocks, merged every eighth seal, so blocks are
         // removed and rewritten under readers all the time.
-        let (handle, join) = spawn(opened, opts(10)).unwrap();
+        let (store, handle, join) = run_writer(&dir, opts(10));
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
@@ -1394,8 +1393,6 @@ mod tests {
     #[test]
     fn retention_drops_whole_old_blocks_and_keeps_recent_ones() {
         let dir = tempdir("retention");
-        let opened = Store::open(&dir, Default::default()).unwrap();
-        let store = opened.store.clone();
         let day = 86_400_000i64;
         let now = crate::ingest::session::now_ms();
         let opts = WriterOptions {
@@ -1403,7 +1400,7 @@ mod tests {
             // One checkpoint (at shutdown) seals everything; retention runs with it.
             ..opts(1_000_000)
         };
-        let (handle, join) = spawn(opened, opts).unwrap();
+        let (store, handle, join) = run_writer(&dir, opts);
         // Device 1: a block from 60 days ago and one from today. Device 2: only old data.
         let old: Vec<Op> = (0..4)
             .map(|i| Op::Position {
