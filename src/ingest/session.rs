@@ -106,6 +106,47 @@ struct Outgoing {
     wait_for: u64,
 }
 
+/// The sequence numbers of a connection's requests to the store, and which one an answer
+/// waits for: the request carrying the data (positions, events) sent before the answer,
+/// its own included. Status updates (last seen, login, heartbeat, information) are not
+/// waited for: losing one to a crash costs a stale "last seen" that the device's next
+/// heartbeat repeats, while waiting put the writer's commit (and any disk stall) between
+/// every heartbeat and its answer, the answer a device reconnects without.
+#[derive(Default)]
+struct Sequence {
+    /// The last request sent.
+    sent: u64,
+    /// The last request sent that carried data.
+    data: u64,
+    /// Whether the operations not yet sent hold data.
+    pending_data: bool,
+}
+
+impl Sequence {
+    /// Notes operations added to the next request.
+    fn pending(&mut self, ops: &[Op]) {
+        self.pending_data |= ops.iter().any(|op| refused_when_low(op).is_some());
+    }
+
+    /// What an answer given now waits for (0: nothing).
+    fn answer_waits_for(&self) -> u64 {
+        if self.pending_data {
+            self.sent + 1
+        } else {
+            self.data
+        }
+    }
+
+    /// The pending operations go out as a request: its sequence number.
+    fn sent(&mut self) -> u64 {
+        self.sent += 1;
+        if std::mem::take(&mut self.pending_data) {
+            self.data = self.sent;
+        }
+        self.sent
+    }
+}
+
 /// Warnings already given on this connection: one line per kind, not one per frame.
 #[derive(Default)]
 struct Warned {
@@ -120,8 +161,8 @@ struct Session {
     ctx: Arc<IngestCtx>,
     state: SessionState,
     durable: Arc<Durability>,
-    /// Sequence number of the last request sent to the store.
-    seq: u64,
+    /// Which request an answer waits for.
+    seqs: Sequence,
     /// Operations of the frames handled since the last request: sent as one request
     /// at the end of each read (or when full), which gets sequence number `seq + 1`.
     pending: Vec<Op>,
@@ -166,7 +207,7 @@ pub async fn run(
             ctx,
             state: SessionState::Anonymous,
             durable,
-            seq: 0,
+            seqs: Sequence::default(),
             pending: Vec::new(),
             pending_hint: 0,
             out: out_tx,
@@ -432,6 +473,7 @@ impl Session {
                 }
             }
         }
+        self.seqs.pending(&self.pending[first_new..]);
         if withheld {
             tracing::debug!(
                 reason = "disk_low",
@@ -446,10 +488,10 @@ impl Session {
             }
         }
         if let Some(bytes) = protocol::reply(&msg, &frame, now).filter(|_| !withheld) {
-            // The answer covers the operations still pending: the request that will
-            // carry them gets the next sequence number.
-            let wait_for = self.seq + u64::from(!self.pending.is_empty());
-            let item = Outgoing { bytes, wait_for };
+            let item = Outgoing {
+                bytes,
+                wait_for: self.seqs.answer_waits_for(),
+            };
             match self.out.try_send(item) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(item)) => {
@@ -517,14 +559,14 @@ impl Session {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.seq += 1;
+        let seq = self.seqs.sent();
         let ops = std::mem::take(&mut self.pending);
         self.pending_hint = ops.len();
         let positions = ops
             .iter()
             .filter(|op| matches!(op, Op::Position { .. }))
             .count();
-        let req = WriteReq::new(ops, Some((self.durable.clone(), self.seq)));
+        let req = WriteReq::new(ops, Some((self.durable.clone(), seq)));
         if let Err(e) = self.ctx.writer.send(req).await {
             // Answers already queued wait for this request: they must not go out, nor
             // wait for ever.
@@ -858,6 +900,40 @@ mod tests {
         ops_for(1, msg, NOW, 0, &mut ops);
         assert!(ops.len() <= MESSAGE_OPS_MAX, "{} operations", ops.len());
         ops
+    }
+
+    #[test]
+    fn answers_wait_for_the_data_before_them_not_for_status() {
+        let seen = Op::Seen {
+            imei: 1,
+            at_ms: 0,
+            login: None,
+            status: None,
+        };
+        let pos = Op::Position {
+            imei: 1,
+            pos: PositionRecord::default(),
+        };
+        let mut s = Sequence::default();
+        // A login alone: nothing to wait for.
+        s.pending(std::slice::from_ref(&seen));
+        assert_eq!(s.answer_waits_for(), 0);
+        assert_eq!(s.sent(), 1);
+        // A position: its answer waits for the request that will carry it.
+        s.pending(std::slice::from_ref(&pos));
+        assert_eq!(s.answer_waits_for(), 2);
+        // A heartbeat in the same read: the same request, the same wait.
+        s.pending(std::slice::from_ref(&seen));
+        assert_eq!(s.answer_waits_for(), 2);
+        assert_eq!(s.sent(), 2);
+        // Heartbeats after it wait for that position, not for their own requests.
+        for sent in 3..6 {
+            s.pending(std::slice::from_ref(&seen));
+            assert_eq!(s.answer_waits_for(), 2);
+            assert_eq!(s.sent(), sent);
+        }
+        s.pending(&[seen, pos]);
+        assert_eq!(s.answer_waits_for(), 6);
     }
 
     #[test]

@@ -170,6 +170,27 @@ impl Gt06 {
         d
     }
 
+    /// `/api/devices/{imei}` once the store shows the device seen at or after `since_ms`
+    /// (Unix ms, taken before the frame was sent), or None after 5 s. Status updates
+    /// (login, heartbeat, information) are answered without waiting for their commit, so
+    /// a read right after their answer may not show them yet.
+    pub fn device_seen_since(&self, imei: &str, since_ms: i64) -> Option<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, dev) = self.get_json(&format!("/api/devices/{imei}"));
+            let seen = dev["last_seen"]
+                .as_str()
+                .and_then(gt06::http::json::parse_rfc3339);
+            if status == 200 && seen.is_some_and(|t| t >= since_ms) {
+                return Some(dev);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, Vec<u8>, String) {
         http_get(self.http, path)
     }
@@ -195,6 +216,14 @@ impl Drop for Gt06 {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The wall clock in Unix milliseconds, as the server reads it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// SIGTERM to `child`, then its exit status (≤ 15 s; panics with the log after that).

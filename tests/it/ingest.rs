@@ -16,12 +16,13 @@ fn login_location_heartbeat_are_answered_byte_for_byte_and_stored_exactly() {
         d.send_expect(&hex(LOCATION_V144), 10),
         hex("78780512000390 3f0d0a")
     );
+    let heartbeat_sent_ms = now_ms();
     assert_eq!(
         d.send_expect(&hex(HEARTBEAT_84), 10),
         hex("78780513 01295d630d0a")
     );
 
-    // The heartbeat answer came after the location was durable: it is readable now.
+    // The location's answer came after it was durable: it is readable now.
     let (status, v) = g.get_json("/api/devices/864717003283581/positions");
     assert_eq!(status, 200);
     let p = &v["positions"][0];
@@ -39,7 +40,10 @@ fn login_location_heartbeat_are_answered_byte_for_byte_and_stored_exactly() {
     );
     assert_eq!(v["next"], serde_json::Value::Null);
 
-    let (_, dev) = g.get_json("/api/devices/864717003283581");
+    // The heartbeat's status is answered before its commit: shown a moment later.
+    let dev = g
+        .device_seen_since("864717003283581", heartbeat_sent_ms)
+        .expect("the heartbeat's status is shown");
     assert_eq!(dev["online"], true);
     assert_eq!(dev["position"]["time"], "2015-10-20T14:21:11.000Z");
     assert_eq!(dev["status"]["voltage_level"], 6);

@@ -23,7 +23,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -164,13 +164,6 @@ fn find_time_answer(buf: &[u8], serial: u16) -> Option<usize> {
 
 fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// What the pure core says one frame of a vector should lead to.
@@ -441,10 +434,12 @@ fn replay(
             continue;
         }
         n_sync = n_sync.wrapping_add(1);
+        let sync_sent_ms = now_ms();
         let got = conn.sync(SYNC_SERIAL_BASE.wrapping_add(n_sync));
         let mut want_all: Vec<u8> = unsynced.iter().flat_map(|(_, w)| w.clone()).collect();
         want_all.extend_from_slice(&want);
         let owners: Vec<usize> = unsynced.drain(..).map(|(i, _)| i).collect();
+        let answered = !matches!(got, Exchange::Timeout(_));
         let replies = match got {
             Exchange::Replies(bytes) => {
                 o.check(!truncated, || {
@@ -502,7 +497,13 @@ fn replay(
             });
         }
 
-        // What an API user sees.
+        // What an API user sees, once the store has the sync request's own status
+        // update (and so everything before it: the writer applies in order).
+        if let (Some(imei), true) = (oracle.imei.as_deref(), answered) {
+            o.check(g.device_seen_since(imei, sync_sent_ms).is_some(), || {
+                format!("{imei}: the sync request's status not shown within 5 s")
+            });
+        }
         if let (Some(imei), Some(before)) = (before_view_imei.as_deref(), view_before) {
             let after = view(g, imei);
             check_api(v, &expected, &before, &after, &mut o);
