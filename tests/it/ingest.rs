@@ -150,10 +150,14 @@ fn frames_before_login_are_neither_answered_nor_stored() {
         "pre-login frames were answered"
     );
     // The login is the first thing answered.
+    let login_sent_ms = now_ms();
     assert_eq!(
         d.send_expect(&hex(LOGIN_V2), 10),
         hex("78780501000955940d0a")
     );
+    // Once the login is shown, so would be anything stored before it.
+    g.device_seen_since("864717003283581", login_sent_ms)
+        .expect("the login is shown");
     let (_, v) = g.get_json("/api/devices/864717003283581/positions");
     assert_eq!(v["positions"].as_array().unwrap().len(), 0);
     g.wait_log("frame before login dropped");

@@ -291,11 +291,12 @@ fn metrics_parse_and_every_name_in_the_alert_rules_and_dashboard_exists() {
         1.0
     );
     assert!(!text.contains("864717003283581"), "an IMEI became a label");
+    // The login's answer does not wait for its commit, so the location may share it.
     assert!(
-        v("gt06_store_batch_size_count") >= 2.0,
+        v("gt06_store_batch_size_count") >= 1.0,
         "login and location commits"
     );
-    assert!(v("gt06_store_flush_seconds_count") >= 2.0);
+    assert!(v("gt06_store_flush_seconds_count") >= 1.0);
     assert!(v("gt06_last_position_age_seconds") < 60.0);
     assert!(v("gt06_disk_size_bytes") > 0.0);
     assert!(v("gt06_disk_free_bytes") > 0.0);
