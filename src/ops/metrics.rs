@@ -197,6 +197,7 @@ pub struct Metrics {
     disk_threshold: AtomicU64,
     disk_low: AtomicU64,
     store_bytes: AtomicU64,
+    scratch_bytes: AtomicU64,
     http: Mutex<BTreeMap<&'static str, HttpRoute>>,
 }
 
@@ -238,6 +239,7 @@ impl Metrics {
             disk_threshold: AtomicU64::new(0),
             disk_low: AtomicU64::new(0),
             store_bytes: AtomicU64::new(0),
+            scratch_bytes: AtomicU64::new(0),
             http: Mutex::new(BTreeMap::new()),
         }
     }
@@ -319,6 +321,12 @@ impl Metrics {
 
     pub fn set_store_bytes(&self, b: u64) {
         self.store_bytes.store(b, Ordering::Relaxed);
+    }
+
+    /// Bytes written to unsealed positions' scratch files (+) or freed with one (−).
+    pub fn scratch_bytes(&self, added: u64, freed: u64) {
+        self.scratch_bytes.fetch_add(added, Ordering::Relaxed);
+        self.scratch_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// One HTTP request: `route` is a [`crate::http::route::Route`] variant name (a
@@ -403,6 +411,12 @@ impl Metrics {
                 "gauge",
                 "Bytes the data directory occupies on disk (measured every few seconds).",
                 load(&self.store_bytes),
+            ),
+            (
+                "gt06_store_scratch_bytes",
+                "gauge",
+                "Bytes of unsealed positions in unnamed scratch files (not in gt06_store_bytes).",
+                load(&self.scratch_bytes),
             ),
             (
                 "gt06_disk_free_bytes",

@@ -132,13 +132,20 @@ pub(crate) struct Live {
     /// reader that decoded blocks after dropping the read lock knows by it whether they
     /// moved meanwhile.
     pub block_changes: ImeiMap<u64>,
+    /// Where `tails` write their older rows out (one file per checkpoint: the sealing
+    /// set's chunks keep theirs); none for a read-only store.
+    pub spill: Option<Arc<tail::Spill>>,
 }
 
 impl Live {
     /// Adds a position to its device's tail; the first position stored for a fix time wins.
     /// Returns false when that fix time was already there (a re-sent position).
     pub fn insert(&mut self, imei: u64, pos: &PositionRecord) -> bool {
-        let added = self.tails.entry(imei).or_default().insert(pos);
+        let added = self
+            .tails
+            .entry(imei)
+            .or_default()
+            .insert(pos, self.spill.as_ref());
         if added {
             self.unsealed += 1;
         }
@@ -153,6 +160,8 @@ struct Inner {
     events: sled::Tree,
     devices: sled::Tree,
     live: RwLock<Live>,
+    /// Where spill files are made ([`tail::Spill`]); none for a read-only store.
+    spill_dir: Option<PathBuf>,
     db_file: PathBuf,
     journal_dir: PathBuf,
     /// Lets a backup hold sled still while commits go on ([`freeze`]).
@@ -342,7 +351,15 @@ impl Store {
             block_index: tree("block_index")?,
             events: tree("events")?,
             devices: tree("devices")?,
-            live: RwLock::new(Live::default()),
+            live: RwLock::new(Live {
+                spill: if read_only {
+                    None
+                } else {
+                    tail::Spill::create(data_dir)
+                },
+                ..Live::default()
+            }),
+            spill_dir: (!read_only).then(|| data_dir.to_path_buf()),
             db_file: path.join("db"),
             journal_dir: data_dir.join("journal"),
             gate: freeze::Gate::default(),
@@ -361,6 +378,14 @@ impl Store {
     fn live(&self) -> RwLockReadGuard<'_, Live> {
         // A panic while holding the lock would leave plain data behind, still usable.
         self.inner.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A spill file for the tails of a new checkpoint generation.
+    pub(crate) fn new_spill(&self) -> Option<Arc<tail::Spill>> {
+        self.inner
+            .spill_dir
+            .as_deref()
+            .and_then(tail::Spill::create)
     }
 
     pub(crate) fn live_mut(&self) -> RwLockWriteGuard<'_, Live> {

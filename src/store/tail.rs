@@ -1,11 +1,29 @@
-//! A device's unsealed positions, kept compact in memory until a checkpoint seals them.
+//! A device's unsealed positions until a checkpoint seals them: the newest few compact in
+//! memory, older ones in a scratch file.
 //!
-//! Why compact: the fewer checkpoints, the fewer sled writes (which is what makes sled
-//! grow on disk and in memory), so the store holds millions of unsealed positions. A
+//! Why: the fewer checkpoints, the fewer sled writes (which is what makes sled grow on
+//! disk and in memory), so the store holds millions of unsealed positions, and held in
+//! memory they were what made a server's RSS climb for the whole checkpoint interval. A
 //! [`PositionRecord`] is 192 bytes; a [`Row`] is 32, with the cell id in a per-device
-//! dictionary (it changes every few minutes) and rare fields in a side list.
+//! dictionary (it changes every few minutes) and rare fields in a side list. Once a tail
+//! holds [`SPILL_ROWS`] rows they are written as they are (bincode, ~20 bytes a row; the
+//! sealed block format took the writer twice the CPU per position at peak) into the
+//! [`Spill`] file, and only the chunk's place stays in memory: under a byte per
+//! position, and at most [`SPILL_ROWS`] rows per device.
+//!
+//! The spill file is scratch, never a source of truth: it is unlinked from the start (it
+//! goes with the process, nothing to clean up or back up), nothing is fsynced, and the
+//! journal holds every position until it is sealed. Without one (a filesystem without
+//! `O_TMPFILE`, a read-only store, a failed write) rows simply stay in memory.
 
 use super::codec::{LbsRecord, PositionRecord};
+use crate::ops::metrics::METRICS;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// No cell in the dictionary for this row.
 const NO_LBS: u16 = u16::MAX;
@@ -13,8 +31,110 @@ const NO_LBS: u16 = u16::MAX;
 const LBS_LOOKBACK: usize = 8;
 /// The row has no entry in the tail's `extras`.
 const NO_EXTRA: u32 = u32::MAX;
+/// Rows a tail keeps in memory before writing them out as one chunk. Small enough that a
+/// fleet's tails stay a few MiB whatever the checkpoint interval (1,000 devices × 64 ×
+/// 32 bytes), large enough that a chunk is one write of a few hundred bytes.
+pub const SPILL_ROWS: usize = 64;
+/// One warning per process when spilling fails; rows then stay in memory.
+static SPILL_WARNED: AtomicBool = AtomicBool::new(false);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The scratch file tails spill to: one per checkpoint generation, unlinked, freed when
+/// the last chunk in it is sealed or dropped.
+#[derive(Debug)]
+pub struct Spill {
+    file: File,
+    end: AtomicU64,
+}
+
+impl Spill {
+    /// An unnamed file in `dir`, or None (logged) when the filesystem cannot make one.
+    pub fn create(dir: &Path) -> Option<Arc<Spill>> {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        match opened {
+            Ok(file) => Some(Arc::new(Spill {
+                file,
+                end: AtomicU64::new(0),
+            })),
+            Err(e) => {
+                if !SPILL_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "no scratch file for unsealed positions; they stay in memory until sealed");
+                }
+                None
+            }
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) -> std::io::Result<u64> {
+        let at = self.end.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        METRICS.scratch_bytes(bytes.len() as u64, 0);
+        self.file.write_all_at(bytes, at)?;
+        Ok(at)
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        METRICS.scratch_bytes(0, *self.end.get_mut());
+    }
+}
+
+/// Where a run of a tail's rows went: a block in a spill file.
+#[derive(Debug, Clone)]
+struct Chunk {
+    spill: Arc<Spill>,
+    at: u64,
+    len: u32,
+    count: u32,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+impl Chunk {
+    /// The chunk's rows as a tail of their own (rows, their cells and extras).
+    fn load(&self) -> Result<Tail, String> {
+        let mut buf = vec![0u8; self.len as usize];
+        self.spill
+            .file
+            .read_exact_at(&mut buf, self.at)
+            .map_err(|e| e.to_string())?;
+        let ((rows, cells, extras), _): ((Vec<Row>, Vec<LbsRecord>, Vec<Extra>), _) =
+            bincode::serde::decode_from_slice(&buf, bincode::config::standard())
+                .map_err(|e| e.to_string())?;
+        Ok(Tail {
+            rows,
+            cells,
+            extras,
+            ..Tail::default()
+        })
+    }
+
+    /// As [`Chunk::load`], or an empty tail with an error line: for reads, which then miss
+    /// these positions this once (sealing uses [`Tail::take_all`], which fails instead).
+    fn load_logged(&self) -> Tail {
+        self.load().unwrap_or_else(|e| {
+            tracing::error!(error = %e, count = self.count, "unsealed positions unreadable from the scratch file");
+            Tail::default()
+        })
+    }
+}
+
+/// Positions gathered chunk by chunk, then the rows, sorted by fix time. Live fixes come
+/// in order already; history that arrived late does not. Stable, so on a tie the earlier
+/// write (a chunk before the rows) is kept, as `insert` would have; ties only arise if a
+/// chunk could not be read back when a position was inserted.
+fn in_order(mut out: Vec<PositionRecord>) -> Vec<PositionRecord> {
+    if !out.windows(2).all(|w| w[0].time_ms < w[1].time_ms) {
+        out.sort_by_key(|p| p.time_ms);
+        out.dedup_by_key(|p| p.time_ms);
+    }
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Row {
     time_ms: i64,
     /// `received_ms - time_ms`, when it fits; otherwise the full value is in `extra`.
@@ -33,7 +153,7 @@ struct Row {
 }
 
 /// Fields most positions don't carry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Extra {
     received_ms: Option<i64>,
     lbs: Option<LbsRecord>,
@@ -57,26 +177,38 @@ impl Extra {
     }
 }
 
-/// Positions of one device, sorted by fix time, one per fix time.
+/// Positions of one device, one per fix time: rows in memory (sorted by fix time) and
+/// chunks written out before them (each sorted; in the order written, so their times
+/// may interleave with each other's and the rows' when history arrives late).
 #[derive(Clone, Debug, Default)]
 pub struct Tail {
     rows: Vec<Row>,
     cells: Vec<LbsRecord>,
     extras: Vec<Extra>,
+    spilled: Vec<Chunk>,
+    /// Positions in `spilled`.
+    spilled_count: usize,
+    /// Newest fix time in `spilled`: a later one needs no look there.
+    spilled_last_ms: i64,
+    /// Rows at which the next spill is tried (0: [`SPILL_ROWS`]); doubled after a failure.
+    spill_at: usize,
 }
 
 impl Tail {
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.spilled_count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
     /// Adds a position; the first one stored for a fix time wins. Returns false for a
-    /// fix time already present.
-    pub fn insert(&mut self, p: &PositionRecord) -> bool {
+    /// fix time already present. With `spill`, a full set of rows is written out to it.
+    pub fn insert(&mut self, p: &PositionRecord, spill: Option<&Arc<Spill>>) -> bool {
+        if self.spilled_has(p.time_ms) {
+            return false;
+        }
         let row = self.pack(p);
         match self.rows.last() {
             None => self.rows.push(row),
@@ -86,17 +218,112 @@ impl Tail {
                 Err(i) => self.rows.insert(i, row),
             },
         }
+        if let Some(spill) = spill {
+            if self.rows.len() >= self.spill_at.max(SPILL_ROWS) {
+                self.spill(spill);
+            }
+        }
         true
+    }
+
+    /// Whether a chunk already holds `time_ms`. Live fixes are newer than every chunk and
+    /// skip this; only history arriving late reads a chunk back.
+    fn spilled_has(&self, time_ms: i64) -> bool {
+        if self.spilled.is_empty() || time_ms > self.spilled_last_ms {
+            return false;
+        }
+        self.spilled
+            .iter()
+            .filter(|c| c.first_ms <= time_ms && time_ms <= c.last_ms)
+            .any(|c| {
+                c.load_logged()
+                    .rows
+                    .binary_search_by_key(&time_ms, |r| r.time_ms)
+                    .is_ok()
+            })
+    }
+
+    /// Writes the rows out as one chunk and forgets them, keeping the rows' room.
+    fn spill(&mut self, spill: &Arc<Spill>) {
+        let (Some(first), Some(last)) = (self.rows.first(), self.rows.last()) else {
+            return;
+        };
+        let (first_ms, last_ms, count) = (first.time_ms, last.time_ms, self.rows.len());
+        let written = bincode::serde::encode_to_vec(
+            (&self.rows, &self.cells, &self.extras),
+            bincode::config::standard(),
+        )
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| Ok((spill.write(&bytes)?, bytes.len())));
+        match written {
+            Ok((at, len)) => {
+                self.spilled_last_ms = match self.spilled.is_empty() {
+                    true => last_ms,
+                    false => self.spilled_last_ms.max(last_ms),
+                };
+                self.spilled.push(Chunk {
+                    spill: spill.clone(),
+                    at,
+                    len: len as u32,
+                    count: count as u32,
+                    first_ms,
+                    last_ms,
+                });
+                self.spilled_count += count;
+                self.rows.clear();
+                self.cells.clear();
+                self.extras.clear();
+                self.spill_at = 0;
+            }
+            Err(e) => {
+                // Kept in memory; tried again at twice the rows, so a full disk costs one
+                // failed write per doubling, not one per position.
+                self.spill_at = self.rows.len() * 2;
+                if !SPILL_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "unsealed positions not written to the scratch file; they stay in memory until sealed");
+                }
+            }
+        }
     }
 
     /// Positions with `from_ms <= time < to_ms`, oldest first.
     pub fn range(&self, from_ms: i64, to_ms: i64) -> Vec<PositionRecord> {
+        match to_ms.checked_sub(1) {
+            Some(last_ms) => self.between(from_ms, last_ms),
+            None => Vec::new(),
+        }
+    }
+
+    /// Positions with `from_ms <= time <= last_ms`, oldest first.
+    fn between(&self, from_ms: i64, last_ms: i64) -> Vec<PositionRecord> {
+        let chunks: Vec<&Chunk> = self
+            .spilled
+            .iter()
+            .filter(|c| c.last_ms >= from_ms && c.first_ms <= last_ms)
+            .collect();
+        if chunks.is_empty() {
+            return self.rows_between(from_ms, last_ms).collect();
+        }
+        let room = chunks.iter().map(|c| c.count as usize).sum::<usize>() + self.rows.len();
+        let mut out = Vec::with_capacity(room);
+        for c in chunks {
+            out.extend(c.load_logged().rows_between(from_ms, last_ms));
+        }
+        out.extend(self.rows_between(from_ms, last_ms));
+        in_order(out)
+    }
+
+    /// The rows in memory with `from_ms <= time <= last_ms`, unpacked.
+    fn rows_between(
+        &self,
+        from_ms: i64,
+        last_ms: i64,
+    ) -> impl Iterator<Item = PositionRecord> + '_ {
         let start = self.rows.partition_point(|r| r.time_ms < from_ms);
         self.rows[start..]
             .iter()
-            .take_while(|r| r.time_ms < to_ms)
+            .take_while(move |r| r.time_ms <= last_ms)
             .map(|r| self.unpack(r))
-            .collect()
     }
 
     /// Gives back the room kept for growth. A tail stops growing once a checkpoint takes it
@@ -109,15 +336,20 @@ impl Tail {
         }
         self.cells.shrink_to_fit();
         self.extras.shrink_to_fit();
+        self.spilled.shrink_to_fit();
     }
 
-    /// Everything, oldest first, emptying the tail.
-    pub fn take_all(&mut self) -> Vec<PositionRecord> {
-        let rows = std::mem::take(&mut self.rows);
-        let out = rows.iter().map(|r| self.unpack(r)).collect();
-        self.cells = Vec::new();
-        self.extras = Vec::new();
-        out
+    /// Everything, oldest first, emptying the tail (its chunks are dropped: the spill
+    /// file is freed with its last one). An error when a chunk cannot be read back: the
+    /// tail is emptied all the same, and its positions are then only in the journal.
+    pub fn take_all(&mut self) -> Result<Vec<PositionRecord>, String> {
+        let tail = std::mem::take(self);
+        let mut out = Vec::with_capacity(tail.len());
+        for c in &tail.spilled {
+            out.extend(c.load()?.rows_between(i64::MIN, i64::MAX));
+        }
+        out.extend(tail.rows_between(i64::MIN, i64::MAX));
+        Ok(in_order(out))
     }
 
     fn cell_index(&mut self, lbs: LbsRecord) -> Option<u16> {
@@ -269,6 +501,97 @@ mod tests {
         }
     }
 
+    fn at(t: i64) -> PositionRecord {
+        PositionRecord {
+            time_ms: t,
+            received_ms: t + 700,
+            lat_raw: 1_000 + t as i32,
+            lon_raw: 2_000 - t as i32,
+            valid: t % 3 != 0,
+            lbs: Some(LbsRecord {
+                mcc: 250,
+                mnc: 1,
+                lac: 7,
+                cell: (t / 100) as u64,
+            }),
+            ..PositionRecord::default()
+        }
+    }
+
+    #[test]
+    fn rows_written_out_read_back_as_if_they_had_stayed_in_memory() {
+        let spill = Spill::create(&std::env::temp_dir()).expect("O_TMPFILE in the temp dir");
+        let mut spilled = Tail::default();
+        let mut kept = Tail::default();
+        // Live fixes, then history arriving late into the spilled range, then re-sends
+        // of positions already written out and of positions still in memory.
+        let mut times: Vec<i64> = (0..300).map(|i| 1_000 + i * 2).collect();
+        times.extend((0..100).map(|i| 1_001 + i * 4));
+        times.extend([1_000, 1_200, 1_598, 1_401]);
+        times.push(full(5_000).time_ms);
+        for &t in &times {
+            let p = if t == 5_000 { full(t) } else { at(t) };
+            assert_eq!(
+                spilled.insert(&p, Some(&spill)),
+                kept.insert(&p, None),
+                "insert of {t}"
+            );
+            assert!(
+                spilled.rows.len() < SPILL_ROWS,
+                "rows in memory are bounded"
+            );
+        }
+        assert_eq!(spilled.len(), 402);
+        assert_eq!(spilled.len(), kept.len());
+        assert!(
+            spilled.spilled.len() >= 5,
+            "{} chunks",
+            spilled.spilled.len()
+        );
+        for (from, to) in [
+            (i64::MIN, i64::MAX),
+            (1_000, 1_001),
+            (1_100, 1_300),
+            (1_401, 1_402),
+            (1_599, 5_000),
+            (1_599, 5_001),
+        ] {
+            assert_eq!(
+                spilled.range(from, to),
+                kept.range(from, to),
+                "{from}..{to}"
+            );
+        }
+        // Every field of a record survives the scratch file.
+        assert_eq!(spilled.range(5_000, 5_001), vec![full(5_000)]);
+        let all = spilled.take_all().unwrap();
+        assert_eq!(all, kept.take_all().unwrap());
+        assert!(spilled.is_empty());
+        assert_eq!(Arc::strong_count(&spill), 1, "no chunk keeps the file");
+    }
+
+    #[test]
+    fn rows_that_cannot_be_written_out_stay_in_memory() {
+        let path = std::env::temp_dir().join(format!("gt06-spill-ro-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        // A read-only handle: every write fails.
+        let spill = Arc::new(Spill {
+            file: File::open(&path).unwrap(),
+            end: AtomicU64::new(0),
+        });
+        let _ = std::fs::remove_file(&path);
+        let mut tail = Tail::default();
+        for t in 0..(SPILL_ROWS as i64 * 3) {
+            assert!(tail.insert(&at(t), Some(&spill)));
+        }
+        assert!(tail.spilled.is_empty());
+        assert_eq!(tail.len(), SPILL_ROWS * 3);
+        // Tried again at twice the rows after each failure, not at every insert.
+        assert_eq!(tail.spill_at, SPILL_ROWS * 4);
+        let times: Vec<i64> = tail.take_all().unwrap().iter().map(|p| p.time_ms).collect();
+        assert_eq!(times, (0..SPILL_ROWS as i64 * 3).collect::<Vec<_>>());
+    }
+
     #[test]
     fn records_are_the_size_the_module_doc_says() {
         assert_eq!(std::mem::size_of::<PositionRecord>(), 192);
@@ -303,16 +626,16 @@ mod tests {
             ..plain(50)
         };
         for p in [plain(30), full(10), plain(20), far.clone()] {
-            assert!(tail.insert(&p));
+            assert!(tail.insert(&p, None));
         }
         assert!(
-            !tail.insert(&plain(20)),
+            !tail.insert(&plain(20), None),
             "a second position at the same fix time is refused"
         );
         let got = tail.range(0, i64::MAX);
         assert_eq!(got, vec![full(10), plain(20), plain(30), far]);
         assert_eq!(tail.range(20, 30), vec![plain(20)]);
-        assert_eq!(tail.take_all().len(), 4);
+        assert_eq!(tail.take_all().unwrap().len(), 4);
         assert!(tail.is_empty());
     }
 }

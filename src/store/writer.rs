@@ -245,6 +245,7 @@ pub fn spawn(
         last_retention: None,
         checkpoint: None,
         headroom_ok: true,
+        spill_lost: false,
         since_trim: 0,
         stored_since_trim: 0,
     };
@@ -342,6 +343,10 @@ struct Writer {
     since_trim: usize,
     /// Requests committed since the last [`Writer::trim`].
     stored_since_trim: usize,
+    /// A tail's positions could not be read back from its scratch file: from then on no
+    /// journal segment is retired (replay at the next start restores them), checkpoints
+    /// report failure, and so `/health/ready` turns 503 and the watchdog restarts the unit.
+    spill_lost: bool,
 }
 
 impl Drop for Writer {
@@ -539,6 +544,17 @@ impl Writer {
         }
     }
 
+    /// A tail could not be read back from its scratch file; see `spill_lost`.
+    fn spill_lost(&mut self, error: &str) {
+        if !self.spill_lost {
+            tracing::error!(error, "unsealed positions unreadable from the scratch file: the journal keeps every segment until a restart replays them");
+        }
+        self.spill_lost = true;
+        if let Some(c) = self.checkpoint.as_mut() {
+            c.failed = true;
+        }
+    }
+
     /// Stops the checkpoint under way (the disk turned low, or sealing failed): what was
     /// not sealed goes back to the fresh tails, so the next checkpoint seals it, and the
     /// journal segments it came from are kept until then.
@@ -547,8 +563,10 @@ impl Writer {
             return;
         }
         self.store.gate().end_checkpoint();
-        let mut live = self.store.live_mut();
-        unseal_rest(&mut live);
+        let unsealed = unseal_rest(&mut self.store.live_mut());
+        if let Err(e) = unsealed {
+            self.spill_lost(&e);
+        }
         tracing::warn!("checkpoint stopped: the disk is low; the journal keeps the data");
     }
 
@@ -640,7 +658,11 @@ impl Writer {
         }
         match self.journal.rotate() {
             Ok(old) => {
+                // Made before the lock: the fresh tails get a file of their own, and the
+                // sealing set's one goes once its last chunk is sealed.
+                let spill = self.store.new_spill();
                 let mut live = self.store.live_mut();
+                live.spill = spill;
                 live.sealing = std::mem::take(&mut live.tails);
                 live.sealing.values_mut().for_each(|t| t.shrink());
                 live.unsealed = 0;
@@ -688,7 +710,10 @@ impl Writer {
                 // Devices this step did not reach must not stay in the sealing set: the
                 // next checkpoint replaces that set, and would then retire the journal
                 // segments that still hold them.
-                unseal_rest(&mut self.store.live_mut());
+                let unsealed = unseal_rest(&mut self.store.live_mut());
+                if let Err(e) = unsealed {
+                    self.spill_lost(&e);
+                }
                 true
             }
         };
@@ -721,8 +746,10 @@ impl Writer {
             let (blocks, index, _) = self.store.trees();
             (blocks.clone(), index.clone())
         };
+        // A handle of its own too, so the lock does not hold `self` (see `spill_lost`).
+        let store = self.store.clone();
         loop {
-            let mut live = self.store.live_mut();
+            let mut live = store.live_mut();
             let imeis: Vec<u64> = live
                 .sealing
                 .keys()
@@ -743,7 +770,13 @@ impl Writer {
                 let Some(mut tail) = live.sealing.remove(imei) else {
                     continue;
                 };
-                let positions = tail.take_all();
+                let positions = match tail.take_all() {
+                    Ok(positions) => positions,
+                    Err(e) => {
+                        self.spill_lost(&e);
+                        continue;
+                    }
+                };
                 sealed += positions.len();
                 match seal_ops(&live, *imei, positions, |i, f| self.store.read_block(i, f)) {
                     Ok(ops) => all.push(ops),
@@ -809,7 +842,7 @@ impl Writer {
             self.retention()?;
         }
         self.store.sync()?;
-        if c.failed {
+        if c.failed || self.spill_lost {
             // Something stayed unsealed: keep its journal segments for the next open.
             return Err(StoreError::Io("some positions could not be sealed".into()));
         }
@@ -866,13 +899,21 @@ impl Writer {
     }
 }
 
-/// Moves every tail of the sealing set back to the fresh tails.
-fn unseal_rest(live: &mut Live) {
+/// Moves every tail of the sealing set back to the fresh tails; the error of the first
+/// tail that could not be read back (its positions are then only in the journal).
+fn unseal_rest(live: &mut Live) -> Result<(), String> {
+    let mut lost = Ok(());
     for (imei, mut tail) in std::mem::take(&mut live.sealing) {
-        for p in tail.take_all() {
-            live.insert(imei, &p);
+        match tail.take_all() {
+            Ok(positions) => {
+                for p in positions {
+                    live.insert(imei, &p);
+                }
+            }
+            Err(e) => lost = lost.and(Err(e)),
         }
     }
+    lost
 }
 
 enum Recv {

@@ -262,14 +262,6 @@ fn wait_ready(g: &Gt06, want: u16) -> serde_json::Value {
     }
 }
 
-fn metric(g: &Gt06, series: &str) -> f64 {
-    let (_, body, _) = g.get("/metrics");
-    let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-}
-
 fn sorted(mut v: Vec<i64>) -> Vec<i64> {
     v.sort_unstable();
     v

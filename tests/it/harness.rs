@@ -218,6 +218,15 @@ impl Drop for Gt06 {
     }
 }
 
+/// The value of one series of `/metrics`, named exactly as written (labels included).
+pub fn metric(g: &Gt06, series: &str) -> f64 {
+    let (_, body, _) = g.get("/metrics");
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
 /// The wall clock in Unix milliseconds, as the server reads it.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -311,6 +311,90 @@ fn sos_alarm_is_acked_and_becomes_an_event_and_a_position() {
 }
 
 #[test]
+fn positions_beyond_what_a_device_keeps_in_memory_are_read_back_and_survive_kill_9() {
+    let dir = TempDir::new("spill");
+    let data = dir.0.join("data");
+    let mut g = Gt06::start_in(&data, &[]);
+    let imei = Imei::parse("864717003283581").unwrap();
+    let mut d = g.logged_in(&imei.to_string(), 1);
+    let lbs = Lbs {
+        mcc: 1,
+        mnc: 1,
+        lac: 1,
+        cell: 1,
+    };
+    let at = |s: u16| {
+        gps(
+            (10, (s / 60) as u8, (s % 60) as u8),
+            1_000 + s as i32,
+            2_000,
+            40,
+            10,
+        )
+    };
+    // Live fixes on even seconds (far more than a device keeps in memory), then history
+    // on odd seconds inside what was written out, then re-sends of both kinds.
+    let mut seconds: Vec<u16> = (0..400).map(|i| i * 2).collect();
+    seconds.extend((0..60).map(|i| 101 + i * 4));
+    seconds.extend([0, 2, 200, 101, 105, 798]);
+    for (i, s) in seconds.iter().enumerate() {
+        let serial = 2 + i as u16;
+        assert_eq!(
+            d.send_expect(&encode::location_0x12(&at(*s), &lbs, serial), 10),
+            ack(0x12, serial),
+            "fix at second {s}"
+        );
+    }
+    assert!(
+        metric(&g, "gt06_store_scratch_bytes") > 0.0,
+        "older positions went to the scratch file"
+    );
+    let mut want: Vec<u16> = seconds.clone();
+    want.sort_unstable();
+    want.dedup();
+    assert_eq!(want.len(), 460);
+    let want: Vec<String> = want
+        .iter()
+        .map(|s| format!("2026-02-11T10:{:02}:{:02}.000Z", s / 60, s % 60))
+        .collect();
+    let times = |g: &Gt06, query: &str| -> Vec<String> {
+        let (_, v) = g.get_json(&format!(
+            "/api/devices/{imei}/positions?limit=100000{query}"
+        ));
+        v["positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["time"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(times(&g, ""), want);
+    // A range inside the written-out part, from and to on odd and even seconds.
+    let part = times(&g, "&from=2026-02-11T10:01:41Z&to=2026-02-11T10:02:10Z");
+    assert_eq!(
+        part,
+        want[want.iter().position(|t| t.contains("10:01:41")).unwrap()..][..part.len()]
+    );
+    assert_eq!(part.len(), 22, "{part:?}");
+    g.kill9();
+    drop(d);
+    let mut g2 = Gt06::start_in(&data, &[]);
+    assert_eq!(times(&g2, ""), want, "after kill -9");
+    assert!(g2.terminate().success());
+    let out = std::process::Command::new(bin())
+        .args(["verify", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let g3 = Gt06::start_in(&data, &[]);
+    assert_eq!(times(&g3, ""), want, "sealed at the clean stop");
+}
+
+#[test]
 fn answered_positions_survive_kill_9() {
     let dir = TempDir::new("kill9");
     let data = dir.0.join("data");
