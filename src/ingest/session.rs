@@ -164,7 +164,7 @@ struct Session {
     /// Which request an answer waits for.
     seqs: Sequence,
     /// Operations of the frames handled since the last request: sent as one request
-    /// at the end of each read (or when full), which gets sequence number `seq + 1`.
+    /// at the end of each read (or when full), which gets the next sequence number.
     pending: Vec<Op>,
     /// How many operations the last request carried: the next one is given that room at
     /// once (growing by doubling copied a full read's operations about twice over). An

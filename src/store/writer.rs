@@ -544,6 +544,28 @@ impl Writer {
         }
     }
 
+    /// Moves every tail of the sealing set back to the fresh tails. A tail that cannot be
+    /// read back from its scratch file is then only in the journal: see `spill_lost`.
+    fn unseal_rest(&mut self) {
+        let mut lost = Ok(());
+        {
+            let mut live = self.store.live_mut();
+            for (imei, mut tail) in std::mem::take(&mut live.sealing) {
+                match tail.take_all() {
+                    Ok(positions) => {
+                        for p in positions {
+                            live.insert(imei, &p);
+                        }
+                    }
+                    Err(e) => lost = lost.and(Err(e)),
+                }
+            }
+        }
+        if let Err(e) = lost {
+            self.spill_lost(&e);
+        }
+    }
+
     /// A tail could not be read back from its scratch file; see `spill_lost`.
     fn spill_lost(&mut self, error: &str) {
         if !self.spill_lost {
@@ -563,10 +585,7 @@ impl Writer {
             return;
         }
         self.store.gate().end_checkpoint();
-        let unsealed = unseal_rest(&mut self.store.live_mut());
-        if let Err(e) = unsealed {
-            self.spill_lost(&e);
-        }
+        self.unseal_rest();
         tracing::warn!("checkpoint stopped: the disk is low; the journal keeps the data");
     }
 
@@ -710,10 +729,7 @@ impl Writer {
                 // Devices this step did not reach must not stay in the sealing set: the
                 // next checkpoint replaces that set, and would then retire the journal
                 // segments that still hold them.
-                let unsealed = unseal_rest(&mut self.store.live_mut());
-                if let Err(e) = unsealed {
-                    self.spill_lost(&e);
-                }
+                self.unseal_rest();
                 true
             }
         };
@@ -897,23 +913,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Moves every tail of the sealing set back to the fresh tails; the error of the first
-/// tail that could not be read back (its positions are then only in the journal).
-fn unseal_rest(live: &mut Live) -> Result<(), String> {
-    let mut lost = Ok(());
-    for (imei, mut tail) in std::mem::take(&mut live.sealing) {
-        match tail.take_all() {
-            Ok(positions) => {
-                for p in positions {
-                    live.insert(imei, &p);
-                }
-            }
-            Err(e) => lost = lost.and(Err(e)),
-        }
-    }
-    lost
 }
 
 enum Recv {
