@@ -458,16 +458,7 @@ fn a_completely_full_disk_keeps_the_server_up_and_loses_nothing_answered() {
     drop(d);
     // A clean stop seals everything; the store verifies and reopens with all of it.
     assert!(g.terminate().success());
-    let verify = Command::new(bin())
-        .args(["verify", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    verify_ok(&data);
     let g = Gt06::start_in(&data, &["--config", cfg_arg]);
     assert_eq!(stored_times(&g, imei), sorted(acked));
     let (s, body, _) = g.get("/health/ready");

@@ -250,12 +250,7 @@ fn kill_9_in_a_loop_loses_and_duplicates_nothing_that_was_answered() {
     // A clean stop, then the offline checker agrees.
     let mut g = Gt06::start_in(&data, &["--config", &cfg_arg]);
     assert!(g.terminate().success());
-    let out = std::process::Command::new(bin())
-        .args(["verify", "--data-dir", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "verify failed:\n{text}");
+    let text = verify_ok(&data);
     eprintln!(
         "kill-9 loop: {total} answered positions and {alarms} alarms checked; {}",
         text.lines().next().unwrap_or("")
@@ -289,15 +284,7 @@ fn a_copy_of_the_data_dir_taken_after_a_clean_stop_is_a_complete_backup() {
     let (_, dev) = g2.get_json(&format!("/api/devices/{imei}"));
     assert_eq!(dev["position"]["time"], "2026-01-01T00:00:29.000Z");
     drop(g2);
-    let out = std::process::Command::new(bin())
-        .args(["verify", "--data-dir", copy.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    verify_ok(&copy);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

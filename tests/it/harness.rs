@@ -218,6 +218,20 @@ impl Drop for Gt06 {
     }
 }
 
+/// `gt06 verify --data-dir DATA` on a stopped store; panics with its output unless it
+/// succeeds; returns what it printed.
+pub fn verify_ok(data: &Path) -> String {
+    let out = Command::new(bin())
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "verify failed:\n{text}");
+    text
+}
+
 /// The value of one series of `/metrics`, named exactly as written (labels included).
 pub fn metric(g: &Gt06, series: &str) -> f64 {
     let (_, body, _) = g.get("/metrics");

@@ -1,5 +1,6 @@
 //! Trackers over TCP: answers byte for byte, what is stored, what is refused.
 
+use crate::durability::LBS;
 use crate::harness::*;
 use gt06::protocol::{encode, DeviceTime, Gps, Imei, Lbs, Location, Status};
 use std::time::Duration;
@@ -317,12 +318,6 @@ fn positions_beyond_what_a_device_keeps_in_memory_are_read_back_and_survive_kill
     let mut g = Gt06::start_in(&data, &[]);
     let imei = Imei::parse("864717003283581").unwrap();
     let mut d = g.logged_in(&imei.to_string(), 1);
-    let lbs = Lbs {
-        mcc: 1,
-        mnc: 1,
-        lac: 1,
-        cell: 1,
-    };
     let at = |s: u16| {
         gps(
             (10, (s / 60) as u8, (s % 60) as u8),
@@ -340,7 +335,7 @@ fn positions_beyond_what_a_device_keeps_in_memory_are_read_back_and_survive_kill
     for (i, s) in seconds.iter().enumerate() {
         let serial = 2 + i as u16;
         assert_eq!(
-            d.send_expect(&encode::location_0x12(&at(*s), &lbs, serial), 10),
+            d.send_expect(&encode::location_0x12(&at(*s), &LBS, serial), 10),
             ack(0x12, serial),
             "fix at second {s}"
         );
@@ -381,15 +376,7 @@ fn positions_beyond_what_a_device_keeps_in_memory_are_read_back_and_survive_kill
     let mut g2 = Gt06::start_in(&data, &[]);
     assert_eq!(times(&g2, ""), want, "after kill -9");
     assert!(g2.terminate().success());
-    let out = std::process::Command::new(bin())
-        .args(["verify", "--data-dir", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    verify_ok(&data);
     let g3 = Gt06::start_in(&data, &[]);
     assert_eq!(times(&g3, ""), want, "sealed at the clean stop");
 }
