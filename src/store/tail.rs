@@ -6,7 +6,7 @@
 //! memory they were what made a server's RSS climb for the whole checkpoint interval. A
 //! [`PositionRecord`] is 192 bytes; a [`Row`] is 32, with the cell id in a per-device
 //! dictionary (it changes every few minutes) and rare fields in a side list. Once a tail
-//! holds [`SPILL_ROWS`] rows they are written as they are (bincode, ~20 bytes a row; the
+//! holds [`SPILL_ROWS`] rows they are written as they are (bincode, ~32 bytes a row; the
 //! sealed block format took the writer twice the CPU per position at peak) into the
 //! [`Spill`] file, and only the chunk's place stays in memory: under a byte per
 //! position, and at most [`SPILL_ROWS`] rows per device.
