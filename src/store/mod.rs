@@ -346,20 +346,17 @@ impl Store {
                 found: found.unwrap_or(0),
             });
         }
+        let spill_dir = (!read_only).then(|| data_dir.to_path_buf());
         let inner = Inner {
             blocks: tree("blocks")?,
             block_index: tree("block_index")?,
             events: tree("events")?,
             devices: tree("devices")?,
             live: RwLock::new(Live {
-                spill: if read_only {
-                    None
-                } else {
-                    tail::Spill::create(data_dir)
-                },
+                spill: spill_dir.as_deref().and_then(tail::Spill::create),
                 ..Live::default()
             }),
-            spill_dir: (!read_only).then(|| data_dir.to_path_buf()),
+            spill_dir,
             db_file: path.join("db"),
             journal_dir: data_dir.join("journal"),
             gate: freeze::Gate::default(),

@@ -257,9 +257,10 @@ impl Tail {
         .and_then(|bytes| Ok((spill.write(&bytes)?, bytes.len())));
         match written {
             Ok((at, len)) => {
-                self.spilled_last_ms = match self.spilled.is_empty() {
-                    true => last_ms,
-                    false => self.spilled_last_ms.max(last_ms),
+                self.spilled_last_ms = if self.spilled.is_empty() {
+                    last_ms
+                } else {
+                    self.spilled_last_ms.max(last_ms)
                 };
                 self.spilled.push(Chunk {
                     spill: spill.clone(),
@@ -294,23 +295,37 @@ impl Tail {
         }
     }
 
-    /// Positions with `from_ms <= time <= last_ms`, oldest first.
+    /// Positions with `from_ms <= time <= last_ms`, oldest first; a chunk that cannot be
+    /// read is missed this once (logged).
     fn between(&self, from_ms: i64, last_ms: i64) -> Vec<PositionRecord> {
+        // `load_logged` never fails, so neither does this.
+        self.gather(from_ms, last_ms, |c| Ok(c.load_logged()))
+            .unwrap_or_default()
+    }
+
+    /// Positions with `from_ms <= time <= last_ms` from the chunks, each read by `load`,
+    /// and the rows, oldest first; the first error of `load`.
+    fn gather(
+        &self,
+        from_ms: i64,
+        last_ms: i64,
+        load: impl Fn(&Chunk) -> Result<Tail, String>,
+    ) -> Result<Vec<PositionRecord>, String> {
         let chunks: Vec<&Chunk> = self
             .spilled
             .iter()
             .filter(|c| c.last_ms >= from_ms && c.first_ms <= last_ms)
             .collect();
         if chunks.is_empty() {
-            return self.rows_between(from_ms, last_ms).collect();
+            return Ok(self.rows_between(from_ms, last_ms).collect());
         }
         let room = chunks.iter().map(|c| c.count as usize).sum::<usize>() + self.rows.len();
         let mut out = Vec::with_capacity(room);
         for c in chunks {
-            out.extend(c.load_logged().rows_between(from_ms, last_ms));
+            out.extend(load(c)?.rows_between(from_ms, last_ms));
         }
         out.extend(self.rows_between(from_ms, last_ms));
-        in_order(out)
+        Ok(in_order(out))
     }
 
     /// The rows in memory with `from_ms <= time <= last_ms`, unpacked.
@@ -343,13 +358,7 @@ impl Tail {
     /// file is freed with its last one). An error when a chunk cannot be read back: the
     /// tail is emptied all the same, and its positions are then only in the journal.
     pub fn take_all(&mut self) -> Result<Vec<PositionRecord>, String> {
-        let tail = std::mem::take(self);
-        let mut out = Vec::with_capacity(tail.len());
-        for c in &tail.spilled {
-            out.extend(c.load()?.rows_between(i64::MIN, i64::MAX));
-        }
-        out.extend(tail.rows_between(i64::MIN, i64::MAX));
-        Ok(in_order(out))
+        std::mem::take(self).gather(i64::MIN, i64::MAX, Chunk::load)
     }
 
     fn cell_index(&mut self, lbs: LbsRecord) -> Option<u16> {
