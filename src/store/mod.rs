@@ -22,6 +22,7 @@ pub mod imei_map;
 pub mod journal;
 pub mod keys;
 pub mod memory;
+mod sealer;
 
 /// Failed checkpoints in a row after which the store counts as stuck.
 pub const CHECKPOINT_FAILURES_STUCK: u32 = 3;
@@ -757,7 +758,8 @@ impl Store {
         let mut run: Vec<PositionRecord> = Vec::new();
         let flush = |imei: u64, run: &mut Vec<PositionRecord>| -> Result<(), StoreError> {
             let mut live = self.live_mut();
-            let ops = writer::seal_ops(&live, imei, std::mem::take(run), |i, f| {
+            let metas = live.index.get(&imei).map(Vec::as_slice).unwrap_or(&[]);
+            let ops = writer::seal_ops(metas, imei, std::mem::take(run), |i, f| {
                 self.read_block(i, f)
             })
             .map_err(|(e, _)| e)?;

@@ -18,6 +18,7 @@
 use super::codec::{self, BlockMeta, Op, PositionRecord};
 use super::guard::DiskGuard;
 use super::journal::Journal;
+use super::sealer::{Batch, Done, Sealer};
 use super::{block, keys, merge_unique, EventRecord, Live, Opened, Store, StoreError};
 use crate::ops::metrics::{Refused, METRICS};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -233,6 +234,7 @@ pub fn spawn(
     let guard = opened.store.disk().clone();
     let mut journal = opened.journal;
     journal.fill_ahead(opts.journal_segment_bytes);
+    let store = opened.store.clone();
     let mut w = Writer {
         stats: stats.clone(),
         guard: guard.clone(),
@@ -246,7 +248,8 @@ pub fn spawn(
         checkpoint: None,
         headroom_ok: true,
         spill_lost: false,
-        since_trim: 0,
+        sealer: Sealer::spawn(store)?,
+        generation: 0,
         stored_since_trim: 0,
     };
     let join = std::thread::Builder::new()
@@ -276,6 +279,8 @@ pub fn refused_when_low(op: &Op) -> Option<Refused> {
 
 /// A checkpoint under way.
 struct Checkpoint {
+    /// Names this checkpoint to the sealer; plans of another one are dropped.
+    generation: u64,
     old_segments: Vec<std::path::PathBuf>,
     started: Instant,
     positions: usize,
@@ -283,39 +288,23 @@ struct Checkpoint {
     /// Positions of the set sealed so far.
     sealed: usize,
     failed: bool,
+    /// Every plan is applied; the sealer is making sled durable.
+    syncing: bool,
 }
 
-/// See [`Writer::seal_budget`]: `fresh` positions arrived since the checkpoint under way
-/// began, `sealed` of its `total` are sealed, `limit` is `checkpoint_positions`.
+/// Whether the writer must stop committing until the checkpoint under way is done:
+/// `fresh` positions arrived since it began, `limit` is `checkpoint_positions`.
 ///
-/// Sealing is paced to be done by the time half a checkpoint's worth of fresh positions
-/// has arrived: while it keeps that pace it takes short turns between commits; when it
-/// falls behind, longer ones; past half, it finishes before more commits. The set being
-/// sealed and the fresh tails are both in memory, so this pace is what bounds the
-/// unsealed rows to about 1.5 × `checkpoint_positions` (it was 2 ×, ~128 MiB at the
-/// default, with short turns until the fresh tails were full).
-fn seal_budget(fresh: usize, sealed: usize, total: usize, limit: usize) -> Duration {
-    let half = (limit / 2).max(1);
-    if fresh >= half {
-        return Duration::from_secs(3600);
-    }
-    // Behind when the share sealed is below the share of the half already arrived.
-    let behind = (sealed as u128) * (half as u128) < (fresh as u128) * (total.max(1) as u128);
-    if behind {
-        SEAL_STEP_BUDGET * 5
-    } else {
-        SEAL_STEP_BUDGET
-    }
+/// The sealer works beside the writer, so commits normally go on while a checkpoint
+/// runs. But the set being sealed and the fresh tails are both in memory: when half a
+/// checkpoint's worth of fresh positions has arrived first (a CPU too busy for the
+/// sealer), the writer waits for it, the bounded request queue fills, and sessions stop
+/// reading: back-pressure instead of memory. Unsealed positions stay below about
+/// 1.5 × `checkpoint_positions`.
+fn must_wait_for_checkpoint(fresh: usize, limit: usize) -> bool {
+    fresh >= (limit / 2).max(1)
 }
 
-/// Devices sealed per sled transaction while a checkpoint runs.
-const SEAL_STEP_DEVICES: usize = 256;
-/// Longest sealing stretch between two group commits: answers wait at most about this
-/// much longer than a commit while a checkpoint runs.
-const SEAL_STEP_BUDGET: Duration = Duration::from_millis(20);
-/// Positions sealed between two returns of freed heap pages to the kernel while a
-/// checkpoint runs. A trim costs 5–35 ms on the 100 M benchmark's heap.
-const TRIM_EVERY: usize = 250_000;
 /// Requests committed between two trims outside sealing. Tails grow by doubling, every
 /// device at about the same moment, and leave the smaller buffers free; trimming those
 /// every 250,000 requests cut peak RSS at 100 M positions from 259 to 224 MiB, but the
@@ -339,9 +328,11 @@ struct Writer {
     last_retention: Option<Instant>,
     /// Whether the last headroom check found room (to log changes only).
     headroom_ok: bool,
-    /// Positions sealed since the last [`Writer::trim`].
-    since_trim: usize,
-    /// Requests committed since the last [`Writer::trim`].
+    /// Encodes checkpoints' blocks and makes sled durable, beside this thread.
+    sealer: Sealer,
+    /// Of the last checkpoint started.
+    generation: u64,
+    /// Requests committed since the last trim.
     stored_since_trim: usize,
     /// A tail's positions could not be read back from its scratch file: from then on no
     /// journal segment is retired (replay at the next start restores them), checkpoints
@@ -363,15 +354,29 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.opts.max_batch);
         let mut last_commit: Option<Instant> = None;
         loop {
+            // What the sealer finished is applied between commits.
+            while let Some(done) = self.sealer.next(Duration::ZERO) {
+                self.handle(done);
+            }
             // Group commit: wait for one request (or the checkpoint timer), take whatever
             // else is already queued, commit them with one fsync. Under load requests
             // pile up during the fsync and the next batch grows by itself. While a
-            // checkpoint is sealing, don't wait: seal a step whenever no request is queued.
+            // checkpoint runs, wait for the sealer too (in short turns, as for the timer).
             let first = if self.sealing_pending() {
-                match self.rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(mpsc::error::TryRecvError::Empty) => None,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                if self.must_wait() {
+                    self.wait_sealer();
+                    None
+                } else {
+                    match self.rx.try_recv() {
+                        Ok(r) => Some(r),
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            if let Some(done) = self.sealer.next(Duration::from_millis(1)) {
+                                self.handle(done);
+                            }
+                            None
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
                 }
             } else if self.store.fresh_unsealed() > 0 {
                 // While the disk is low no checkpoint may start: look again in a second
@@ -446,9 +451,6 @@ impl Writer {
             if self.sealing_pending() {
                 if self.guard.is_low() {
                     self.abort_checkpoint();
-                } else {
-                    let budget = self.seal_budget();
-                    self.seal_step_logged(budget);
                 }
             } else if self.checkpoint_due() {
                 self.start_checkpoint_logged();
@@ -460,23 +462,60 @@ impl Writer {
         self.guard.refresh_if_stale();
         if self.guard.is_low() || !self.headroom() {
             self.abort_checkpoint();
+            // A sync under way is not abandoned: it only flushes what sled already holds.
+            self.finish_checkpoint_under_way();
             tracing::info!(
                 "store writer stopped; disk low, so nothing was sealed (the journal keeps it)"
             );
             return;
         }
         self.release_held_logged();
-        while self.sealing_pending() {
-            self.seal_step_logged(Duration::from_secs(3600));
-        }
+        self.finish_checkpoint_under_way();
         // Device records changed while the disk was low live only in memory: write them.
         if self.store.fresh_unsealed() > 0 || !self.store.live().dirty.is_empty() {
             self.start_checkpoint_logged();
-            while self.sealing_pending() {
-                self.seal_step_logged(Duration::from_secs(3600));
-            }
+            self.finish_checkpoint_under_way();
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Waits (in turns of at most 100 ms) for the sealer's next result and takes it.
+    fn wait_sealer(&mut self) {
+        match self.sealer.next(Duration::from_millis(100)) {
+            Some(done) => self.handle(done),
+            None => {
+                if self.sealer.gone() {
+                    self.sealer_gone();
+                }
+            }
+        }
+    }
+
+    fn finish_checkpoint_under_way(&mut self) {
+        while self.sealing_pending() {
+            self.wait_sealer();
+        }
+    }
+
+    /// The sealer thread ended (a panic: it never ends otherwise while the writer runs).
+    /// The checkpoint under way fails (its journal segments stay) and none start again,
+    /// so after a few `/health/ready` says `checkpoints_failing` and the unit restarts.
+    fn sealer_gone(&mut self) {
+        tracing::error!("the sealer thread stopped; checkpoints cannot complete until a restart (the journal keeps everything)");
+        match self.checkpoint.as_ref().map(|c| c.syncing) {
+            None => {}
+            Some(true) => self.checkpoint_synced(Err(StoreError::Closed)),
+            Some(false) => {
+                self.checkpoint = None;
+                self.store.gate().end_checkpoint();
+                self.unseal_rest();
+                self.store.checkpoint_result(false);
+            }
+        }
+    }
+
+    fn must_wait(&self) -> bool {
+        must_wait_for_checkpoint(self.store.fresh_unsealed(), self.opts.checkpoint_positions)
     }
 
     /// Moves a request off the queue into `batch`, giving its room back to senders.
@@ -488,14 +527,15 @@ impl Writer {
         n
     }
 
-    /// Gives freed heap pages back to the kernel. Sealing frees tails, the records
-    /// decoded from them and the blocks encoded while fresh tails grow elsewhere in the
-    /// heap; glibc kept all of it, and by the end of a checkpoint at 100 M positions that
-    /// was ~50 MiB of RSS above what the store held (BENCHMARKS.md, run 8).
+    /// Has freed heap pages given back to the kernel, by the sealer: a trim takes
+    /// milliseconds that commits should not wait. (Sealing trims by itself: it frees
+    /// tails, the records decoded from them and the blocks encoded while fresh tails
+    /// grow elsewhere in the heap; glibc kept all of it, and by the end of a checkpoint
+    /// at 100 M positions that was ~50 MiB of RSS above what the store held,
+    /// BENCHMARKS.md, run 8.)
     fn trim(&mut self) {
-        self.since_trim = 0;
         self.stored_since_trim = 0;
-        super::memory::trim();
+        self.sealer.trim();
     }
 
     fn commit(&mut self, batch: &[WriteReq]) -> Result<(), StoreError> {
@@ -581,9 +621,12 @@ impl Writer {
     /// not sealed goes back to the fresh tails, so the next checkpoint seals it, and the
     /// journal segments it came from are kept until then.
     fn abort_checkpoint(&mut self) {
-        if self.checkpoint.take().is_none() {
+        // Once syncing, every plan is in sled: the sync ends the checkpoint by itself.
+        if self.checkpoint.as_ref().is_none_or(|c| c.syncing) {
             return;
         }
+        self.checkpoint = None;
+        self.sealer.cancel();
         self.store.gate().end_checkpoint();
         self.unseal_rest();
         tracing::warn!("checkpoint stopped: the disk is low; the journal keeps the data");
@@ -630,25 +673,6 @@ impl Writer {
         ok
     }
 
-    /// How long the next sealing step may run. Sealing normally yields to commits every
-    /// [`SEAL_STEP_BUDGET`]; but when the fleet writes faster than sealing drains (a busy
-    /// CPU, merges due), the fresh tails would grow without bound. Then sealing takes
-    /// longer turns, which slows commits, which fills the bounded request queue, which
-    /// stops sessions reading: back-pressure instead of memory. Unsealed positions stay
-    /// below about 1.5 × `checkpoint_positions`.
-    fn seal_budget(&self) -> Duration {
-        let (sealed, total) = self
-            .checkpoint
-            .as_ref()
-            .map_or((0, 0), |c| (c.sealed, c.positions));
-        seal_budget(
-            self.store.fresh_unsealed(),
-            sealed,
-            total,
-            self.opts.checkpoint_positions,
-        )
-    }
-
     fn sealing_pending(&self) -> bool {
         self.checkpoint.is_some()
     }
@@ -657,6 +681,11 @@ impl Writer {
     /// new positions go to fresh tails, and new batches to a new journal segment. The
     /// older segments are deleted once the whole set is sealed and sled is durable.
     fn start_checkpoint_logged(&mut self) {
+        if self.sealer.gone() {
+            self.store.checkpoint_result(false);
+            self.last_checkpoint = Instant::now();
+            return;
+        }
         if !self.store.gate().begin_checkpoint() {
             // A backup holds sled still; look again in a second, not in a whole interval.
             let again = self
@@ -687,14 +716,18 @@ impl Writer {
                 live.unsealed = 0;
                 let positions = live.sealing.values().map(|t| t.len()).sum::<usize>();
                 drop(live);
+                self.generation += 1;
                 self.checkpoint = Some(Checkpoint {
+                    generation: self.generation,
                     old_segments: old,
                     started: Instant::now(),
                     positions,
                     blocks: 0,
                     sealed: 0,
                     failed: false,
+                    syncing: false,
                 });
+                self.sealer.seal(self.generation);
             }
             Err(e) => {
                 self.store.gate().end_checkpoint();
@@ -714,25 +747,56 @@ impl Writer {
         }
     }
 
-    fn seal_step_logged(&mut self, budget: Duration) {
-        let started = Instant::now();
-        let done = match self.seal_step(budget) {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::error!(reason = e.reason(), error = %e, "sealing failed; the journal keeps the data");
-                if matches!(e, StoreError::DiskFull) {
-                    self.guard.disk_full();
-                }
-                if let Some(c) = self.checkpoint.as_mut() {
-                    c.failed = true;
-                }
-                // Devices this step did not reach must not stay in the sealing set: the
-                // next checkpoint replaces that set, and would then retire the journal
-                // segments that still hold them.
-                self.unseal_rest();
-                true
+    /// Takes what the sealer finished: a batch of plans is applied, a finished sync
+    /// completes the checkpoint; what belongs to an abandoned checkpoint is dropped.
+    fn handle(&mut self, done: Done) {
+        let current = self.checkpoint.as_ref().map(|c| c.generation);
+        match done {
+            Done::Batch(b) if Some(b.generation) == current => self.apply_batch(b),
+            Done::Synced { generation, result } if Some(generation) == current => {
+                self.checkpoint_synced(result)
             }
+            _ => {}
+        }
+    }
+
+    /// Writes one batch of plans to sled and takes its devices out of the sealing set,
+    /// in one step under the lock: readers see the tails or the blocks, never neither.
+    fn apply_batch(&mut self, b: Batch) {
+        let started = Instant::now();
+        // Handles of their own (sled trees are shared handles), so `self` stays free.
+        let (blocks, index) = {
+            let (blocks, index, _) = self.store.trees();
+            (blocks.clone(), index.clone())
         };
+        let store = self.store.clone();
+        let mut live = store.live_mut();
+        let mut failed = !b.unreadable.is_empty() || !b.lost.is_empty();
+        let mut lost = Ok(());
+        for (imei, e) in &b.unreadable {
+            // Back to the fresh tails: readers keep seeing them, the next checkpoint
+            // tries again, and their journal segments stay until then.
+            tracing::error!(imei, error = %e, "cannot seal a device's positions");
+            if let Some(mut tail) = live.sealing.remove(imei) {
+                match tail.take_all() {
+                    Ok(positions) => positions.iter().for_each(|p| {
+                        live.insert(*imei, p);
+                    }),
+                    Err(e) => lost = lost.and(Err(e)),
+                }
+            }
+        }
+        for (imei, e) in &b.lost {
+            live.sealing.remove(imei);
+            lost = lost.and(Err(e.clone()));
+        }
+        let applied = apply_seal_ops(&blocks, &index, &mut live, &b.ops);
+        if applied.is_ok() {
+            for imei in &b.imeis {
+                live.sealing.remove(imei);
+            }
+        }
+        drop(live);
         let us = started.elapsed().as_micros() as u64;
         self.stats
             .checkpoint_us_max
@@ -740,139 +804,105 @@ impl Writer {
         self.stats
             .checkpoint_us_total
             .fetch_add(us, Ordering::Relaxed);
-        if done {
-            let result = self.finish_checkpoint();
-            self.store.checkpoint_result(result.is_ok());
-            if let Err(e) = result {
+        if let Err(e) = lost {
+            self.spill_lost(&e);
+        }
+        let mut last = b.last;
+        if let (Ok(()), Some(c)) = (&applied, self.checkpoint.as_mut()) {
+            c.blocks += b.ops.iter().map(|o| o.write.len()).sum::<usize>();
+            c.sealed += b.positions;
+        }
+        if let Err(e) = applied {
+            tracing::error!(reason = e.reason(), error = %e, "sealing failed; the journal keeps the data");
+            if matches!(e, StoreError::DiskFull) {
+                self.guard.disk_full();
+            }
+            failed = true;
+            // Devices not sealed must not stay in the sealing set: the next checkpoint
+            // replaces that set, and would then retire the journal segments holding them.
+            self.sealer.cancel();
+            self.unseal_rest();
+            last = true;
+        }
+        if let Some(c) = self.checkpoint.as_mut() {
+            c.failed |= failed;
+        }
+        if last {
+            self.plans_applied();
+        }
+    }
+
+    /// Every plan of the checkpoint is applied: device records and retention go to sled,
+    /// then the sealer makes sled durable.
+    fn plans_applied(&mut self) {
+        if !self.store.live().sealing.is_empty() {
+            // Not planned (never expected): back to the fresh tails, segments kept.
+            self.unseal_rest();
+            if let Some(c) = self.checkpoint.as_mut() {
+                c.failed = true;
+            }
+        }
+        let result = self.persist_devices().and_then(|()| {
+            if self.retention_due() {
+                self.retention()
+            } else {
+                Ok(())
+            }
+        });
+        match (result, self.checkpoint.as_mut()) {
+            (Ok(()), Some(c)) => {
+                c.syncing = true;
+                self.sealer.sync(c.generation);
+            }
+            (result, _) => self.checkpoint_synced(result),
+        }
+    }
+
+    fn persist_devices(&mut self) -> Result<(), StoreError> {
+        let (_, _, devices) = self.store.trees();
+        let mut live = self.store.live_mut();
+        let mut dev_batch = sled::Batch::default();
+        for imei in std::mem::take(&mut live.dirty) {
+            if let Some(d) = live.devices.get(&imei) {
+                dev_batch.insert(&keys::device(imei), codec::encode(d));
+            }
+        }
+        devices.apply_batch(dev_batch)?;
+        Ok(())
+    }
+
+    /// The checkpoint's sled writes are durable (or failed): only now are the journal
+    /// segments the sealed set came from deleted.
+    fn checkpoint_synced(&mut self, synced: Result<(), StoreError>) {
+        let Some(c) = self.checkpoint.take() else {
+            return;
+        };
+        let result = synced.and_then(|()| {
+            if c.failed || self.spill_lost {
+                // Something stayed unsealed: keep its journal segments for the next open.
+                return Err(StoreError::Io("some positions could not be sealed".into()));
+            }
+            self.journal.remove(&c.old_segments)
+        });
+        self.store.checkpoint_result(result.is_ok());
+        match result {
+            Ok(()) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    positions = c.positions,
+                    blocks = c.blocks,
+                    ms = c.started.elapsed().as_millis() as u64,
+                    "checkpoint"
+                );
+            }
+            Err(e) => {
                 if matches!(e, StoreError::DiskFull) {
                     self.guard.disk_full();
                 }
                 tracing::error!(reason = e.reason(), error = %e, "checkpoint not completed; the journal keeps the data");
             }
-            self.store.gate().end_checkpoint();
         }
-    }
-
-    /// Seals devices from the sealing set for up to `budget`; true when the set is empty.
-    fn seal_step(&mut self, budget: Duration) -> Result<bool, StoreError> {
-        let started = Instant::now();
-        // Handles of their own (sled trees are shared handles), so `self` stays free for
-        // `trim` between steps.
-        let (blocks, index) = {
-            let (blocks, index, _) = self.store.trees();
-            (blocks.clone(), index.clone())
-        };
-        // A handle of its own too, so the lock does not hold `self` (see `spill_lost`).
-        let store = self.store.clone();
-        loop {
-            let mut live = store.live_mut();
-            let imeis: Vec<u64> = live
-                .sealing
-                .keys()
-                .take(SEAL_STEP_DEVICES)
-                .copied()
-                .collect();
-            if imeis.is_empty() {
-                return Ok(true);
-            }
-            let mut all = Vec::with_capacity(imeis.len());
-            let mut sealed = 0;
-            for imei in &imeis {
-                // A device whose small blocks are due for a merge costs milliseconds, so
-                // the budget is checked per device, not only per step.
-                if !all.is_empty() && started.elapsed() >= budget {
-                    break;
-                }
-                let Some(mut tail) = live.sealing.remove(imei) else {
-                    continue;
-                };
-                let positions = match tail.take_all() {
-                    Ok(positions) => positions,
-                    Err(e) => {
-                        self.spill_lost(&e);
-                        continue;
-                    }
-                };
-                sealed += positions.len();
-                match seal_ops(&live, *imei, positions, |i, f| self.store.read_block(i, f)) {
-                    Ok(ops) => all.push(ops),
-                    Err((e, kept)) => {
-                        // Back to the fresh tails (readers keep seeing them, the next
-                        // checkpoint tries again, and its journal segments stay).
-                        for p in kept {
-                            live.insert(*imei, &p);
-                        }
-                        tracing::error!(imei, error = %e, "cannot seal a device's positions");
-                        if let Some(c) = self.checkpoint.as_mut() {
-                            c.failed = true;
-                        }
-                    }
-                }
-            }
-            if let Err(e) = apply_seal_ops(&blocks, &index, &mut live, &all) {
-                // Nothing was written: put the positions back where readers find them.
-                for ops in &all {
-                    for (_, bytes) in &ops.write {
-                        for p in block::decode_block(bytes).unwrap_or_default() {
-                            live.insert(ops.imei, &p);
-                        }
-                    }
-                }
-                return Err(e);
-            }
-            if let Some(c) = self.checkpoint.as_mut() {
-                c.blocks += all.iter().map(|o| o.write.len()).sum::<usize>();
-                c.sealed += sealed;
-            }
-            drop(all);
-            drop(live);
-            // What this step sealed, decoded and encoded was just freed.
-            self.since_trim += sealed;
-            if self.since_trim >= TRIM_EVERY {
-                self.trim();
-            }
-            if started.elapsed() >= budget {
-                return Ok(false);
-            }
-        }
-    }
-
-    /// Persists device records, applies retention, makes sled durable, then deletes the
-    /// journal segments that the sealed set came from.
-    fn finish_checkpoint(&mut self) -> Result<(), StoreError> {
-        let Some(c) = self.checkpoint.take() else {
-            return Ok(());
-        };
-        let (_, _, devices) = self.store.trees();
-        {
-            let mut live = self.store.live_mut();
-            let mut dev_batch = sled::Batch::default();
-            for imei in std::mem::take(&mut live.dirty) {
-                if let Some(d) = live.devices.get(&imei) {
-                    dev_batch.insert(&keys::device(imei), codec::encode(d));
-                }
-            }
-            devices.apply_batch(dev_batch)?;
-        }
-        if self.retention_due() {
-            self.retention()?;
-        }
-        self.store.sync()?;
-        if c.failed || self.spill_lost {
-            // Something stayed unsealed: keep its journal segments for the next open.
-            return Err(StoreError::Io("some positions could not be sealed".into()));
-        }
-        self.journal.remove(&c.old_segments)?;
-        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        // The sealing set and the blocks encoded from it were just freed.
-        self.trim();
-        tracing::debug!(
-            positions = c.positions,
-            blocks = c.blocks,
-            ms = c.started.elapsed().as_millis() as u64,
-            "checkpoint"
-        );
-        Ok(())
+        self.store.gate().end_checkpoint();
     }
 
     fn retention_due(&self) -> bool {
@@ -976,7 +1006,7 @@ fn utc_day(t_ms: i64) -> i64 {
 /// the error comes back with `tail`, untouched.
 #[allow(clippy::type_complexity)]
 pub(crate) fn seal_ops(
-    live: &Live,
+    metas: &[BlockMeta],
     imei: u64,
     tail: Vec<PositionRecord>,
     read: impl Fn(u64, i64) -> Result<Vec<PositionRecord>, StoreError>,
@@ -991,7 +1021,6 @@ pub(crate) fn seal_ops(
             write: Vec::new(),
         });
     };
-    let metas: &[BlockMeta] = live.index.get(&imei).map(Vec::as_slice).unwrap_or(&[]);
     let overlapping: Vec<&BlockMeta> = metas
         .iter()
         .filter(|m| m.last_ms >= first && m.first_ms <= last)
@@ -1198,17 +1227,12 @@ mod tests {
     }
 
     #[test]
-    fn sealing_takes_longer_turns_when_the_fleet_outruns_it() {
-        // Keeping pace (sealed share ≥ share of the half-checkpoint arrived): short turns.
-        assert_eq!(seal_budget(0, 0, 1000, 1000), SEAL_STEP_BUDGET);
-        assert_eq!(seal_budget(250, 500, 1000, 1000), SEAL_STEP_BUDGET);
-        assert_eq!(seal_budget(499, 999, 1000, 1000), SEAL_STEP_BUDGET);
-        // Behind that pace: longer turns.
-        assert_eq!(seal_budget(1, 0, 1000, 1000), SEAL_STEP_BUDGET * 5);
-        assert_eq!(seal_budget(250, 499, 1000, 1000), SEAL_STEP_BUDGET * 5);
-        // Half a checkpoint's worth arrived while sealing: finish before more commits.
-        assert!(seal_budget(500, 999, 1000, 1000) >= Duration::from_secs(60));
-        assert!(seal_budget(5, 0, 10, 0) >= Duration::from_secs(60));
+    fn commits_wait_for_a_checkpoint_only_once_half_a_checkpoint_arrived_during_it() {
+        assert!(!must_wait_for_checkpoint(0, 1000));
+        assert!(!must_wait_for_checkpoint(499, 1000));
+        assert!(must_wait_for_checkpoint(500, 1000));
+        assert!(must_wait_for_checkpoint(5, 0));
+        assert!(must_wait_for_checkpoint(1, 1));
     }
 
     #[test]
