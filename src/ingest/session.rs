@@ -166,11 +166,17 @@ struct Session {
     /// Operations of the frames handled since the last request: sent as one request
     /// at the end of each read (or when full), which gets the next sequence number.
     pending: Vec<Op>,
-    /// How many operations the last request carried: the next one is given that room at
-    /// once (growing by doubling copied a full read's operations about twice over). An
-    /// idle connection holds no room at all.
-    pending_hint: usize,
+    /// Room given to `pending` at once, from the bytes this read brought (a position
+    /// frame is 26 bytes or more): growing by doubling copied a full read's operations
+    /// about twice over. An idle connection holds no room at all.
+    ops_hint: usize,
+    /// Bytes the last batch of answers took: the next one gets that room at once.
+    answers_hint: usize,
     out: mpsc::Sender<Outgoing>,
+    /// Answers to this read's frames that wait for the same request, gathered into one
+    /// queue item (one per read under load, not one per location frame); queued at the
+    /// end of the read or when the next answer waits for another request.
+    answers: Option<Outgoing>,
     warned: Warned,
     online: Online,
     /// How this device's fix times are read (set at login).
@@ -209,8 +215,10 @@ pub async fn run(
             durable,
             seqs: Sequence::default(),
             pending: Vec::new(),
-            pending_hint: 0,
+            ops_hint: 0,
+            answers_hint: 0,
             out: out_tx,
+            answers: None,
             warned: Warned::default(),
             time_setting: TimeSetting::default(),
             decode_ctx: DecodeCtx::default(),
@@ -218,8 +226,12 @@ pub async fn run(
             detector: OffsetDetector::default(),
         };
         let read = s.read_loop(&mut rd, &stop).await;
-        // Whatever ended the reading, the frames read before it are stored.
+        // Whatever ended the reading, the frames read before it are stored and answered.
         let read = match (read, s.flush().await) {
+            (Ok(()), Err(e)) => Err(e),
+            (read, _) => read,
+        };
+        let read = match (read, s.queue_answers().await) {
             (Ok(()), Err(e)) => Err(e),
             (read, _) => read,
         };
@@ -324,6 +336,7 @@ impl Session {
             }
             // The frames of one read arrived together: one receipt time for all of them.
             let received = now_ms();
+            self.ops_hint = (buf.len() / 24 + MESSAGE_OPS_MAX).min(REQ_OPS_MAX);
             let mut completed = false;
             loop {
                 match protocol::split(&buf, &self.ctx.split) {
@@ -372,6 +385,7 @@ impl Session {
             // One request to the store for everything this read held, before waiting for
             // the device again (its answers wait for this request).
             self.flush().await?;
+            self.queue_answers().await?;
             if buf.len() > cap {
                 return Err(SessionError::Junk(buf.len()));
             }
@@ -458,7 +472,7 @@ impl Session {
             self.flush().await?;
         }
         if self.pending.capacity() == 0 {
-            self.pending.reserve(self.pending_hint.max(MESSAGE_OPS_MAX));
+            self.pending.reserve(self.ops_hint.max(MESSAGE_OPS_MAX));
         }
         let first_new = self.pending.len();
         ops_for(key, &msg, now, offset_min, &mut self.pending);
@@ -487,26 +501,44 @@ impl Session {
                 tracing::warn!(reason = "unknown_type", proto = format_args!("{proto:#04x}"), hex = %hex(frame.raw), "message type not decoded; not stored");
             }
         }
-        if let Some(bytes) = protocol::reply(&msg, &frame, now).filter(|_| !withheld) {
-            let item = Outgoing {
-                bytes,
-                wait_for: self.seqs.answer_waits_for(),
-            };
-            match self.out.try_send(item) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    // The answer queue waits on the store: send what it waits for
-                    // before waiting for room in it.
-                    self.flush().await?;
-                    self.out
-                        .send(item)
-                        .await
-                        .map_err(|_| SessionError::Writer)?;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(SessionError::Writer),
+        if !withheld {
+            let wait_for = self.seqs.answer_waits_for();
+            if self
+                .answers
+                .as_ref()
+                .is_some_and(|a| a.wait_for != wait_for || a.bytes.len() >= WRITE_BATCH)
+            {
+                self.queue_answers().await?;
+            }
+            let room = self.answers_hint;
+            let a = self.answers.get_or_insert_with(|| Outgoing {
+                bytes: Vec::with_capacity(room),
+                wait_for,
+            });
+            protocol::reply_into(&msg, &frame, now, &mut a.bytes);
+            if a.bytes.is_empty() {
+                self.answers = None;
             }
         }
         Ok(())
+    }
+
+    /// Queues the gathered answers for the write half.
+    async fn queue_answers(&mut self) -> Result<(), SessionError> {
+        let Some(item) = self.answers.take() else {
+            return Ok(());
+        };
+        self.answers_hint = item.bytes.len().min(WRITE_BATCH + 64);
+        match self.out.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                // The answer queue waits on the store: send what it waits for before
+                // waiting for room in it.
+                self.flush().await?;
+                self.out.send(item).await.map_err(|_| SessionError::Writer)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Writer),
+        }
     }
 
     /// Minutes to take off this message's fix time to get UTC, under the device's time
@@ -561,7 +593,6 @@ impl Session {
         }
         let seq = self.seqs.sent();
         let ops = std::mem::take(&mut self.pending);
-        self.pending_hint = ops.len();
         let positions = ops
             .iter()
             .filter(|op| matches!(op, Op::Position { .. }))

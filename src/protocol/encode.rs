@@ -18,13 +18,21 @@ const MAX_LONG_CONTENT: usize = 0xFFFF - 5;
 
 /// A whole frame: start bits, LEN, `proto`, `content`, `serial`, CRC-16/X-25, `0D 0A`.
 pub fn frame(form: Form, proto: u8, content: &[u8], serial: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 11);
+    frame_into(&mut out, form, proto, content, serial);
+    out
+}
+
+/// [`frame`], appended to `out`: a session writes many answers into one buffer.
+pub fn frame_into(out: &mut Vec<u8>, form: Form, proto: u8, content: &[u8], serial: u16) {
     let max = match form {
         Form::Short => MAX_SHORT_CONTENT,
         Form::Long => MAX_LONG_CONTENT,
     };
     let content = content.get(..max).unwrap_or(content);
     let len = content.len() + 5;
-    let mut out = Vec::with_capacity(len + 6);
+    let start = out.len();
+    out.reserve(len + 6);
     match form {
         Form::Short => {
             out.extend_from_slice(&[0x78, 0x78]);
@@ -38,10 +46,9 @@ pub fn frame(form: Form, proto: u8, content: &[u8], serial: u16) -> Vec<u8> {
     out.push(proto);
     out.extend_from_slice(content);
     out.extend_from_slice(&serial.to_be_bytes());
-    let crc = crc16_x25(out.get(2..).unwrap_or_default());
+    let crc = crc16_x25(out.get(start + 2..).unwrap_or_default());
     out.extend_from_slice(&crc.to_be_bytes());
     out.extend_from_slice(&[0x0D, 0x0A]);
-    out
 }
 
 /// Login with LEN 0x0D: the IMEI as `0` + 15 BCD digits.

@@ -19,7 +19,7 @@ pub mod types;
 
 pub use decode::{decode, DecodeCtx, DecodeError, Model};
 pub use frame::{split, Form, Frame, FrameError, SplitOptions};
-pub use reply::reply;
+pub use reply::{reply, reply_into};
 pub use types::*;
 
 #[cfg(test)]

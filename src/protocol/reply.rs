@@ -5,7 +5,7 @@
 //! answer may go out (before login, after a failed flush): that is `ingest`'s job. It
 //! never reads the clock either: the 0x8A time reply gets `now_ms` from the caller.
 
-use super::encode::frame as build;
+use super::encode::{frame as build, frame_into as build_into};
 use super::types::DeviceTime;
 use super::{Form, Frame, Message};
 
@@ -26,12 +26,40 @@ const ADDRESS_UNKNOWN: &[u8] = b"NA&&NA&&0##";
 /// The answer to `msg` (decoded from `frame`), or `None` when the device expects none.
 /// `now_ms` is the server's current UTC time, used only by the 0x8A time reply.
 pub fn reply(msg: &Message, frame: &Frame, now_ms: i64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    reply_into(msg, frame, now_ms, &mut out).then_some(out)
+}
+
+/// [`reply`], appended to `out`; false (and `out` untouched) when there is none. A
+/// session collects the answers to one read's frames in one buffer.
+pub fn reply_into(msg: &Message, frame: &Frame, now_ms: i64, out: &mut Vec<u8>) -> bool {
+    match answer(msg, frame, now_ms) {
+        None => false,
+        Some(Answer::Empty(form, proto)) => {
+            build_into(out, form, proto, &[], serial(frame));
+            true
+        }
+        Some(Answer::Built(bytes)) => {
+            out.extend_from_slice(&bytes);
+            true
+        }
+    }
+}
+
+/// An answer before it is written: nearly all are a frame with no content (an ack).
+enum Answer {
+    Empty(Form, u8),
+    Built(Vec<u8>),
+}
+
+/// The policy: which answer a frame gets.
+fn answer(msg: &Message, frame: &Frame, now_ms: i64) -> Option<Answer> {
     let proto = frame.proto;
     match msg {
         Message::Ignored {
             reason: "time_request",
             ..
-        } => return Some(time(frame, now_ms)),
+        } => return Some(Answer::Built(time(frame, now_ms))),
         Message::Ignored {
             proto: 0x80..=0x82, ..
         } => return None,
@@ -40,27 +68,25 @@ pub fn reply(msg: &Message, frame: &Frame, now_ms: i64) -> Option<Vec<u8>> {
         _ => {}
     }
     match (frame.form, proto) {
-        (_, 0x8A) => Some(time(frame, now_ms)),
+        (_, 0x8A) => Some(Answer::Built(time(frame, now_ms))),
         (_, 0x80..=0x82) => None,
-        (Form::Short, 0x17 | 0x69) if frame.serial.is_none() => wifi_365gps(frame),
-        (_, 0x2A) => Some(address(frame)),
-        (Form::Short, 0x35) => photo_request(frame),
+        (Form::Short, 0x17 | 0x69) if frame.serial.is_none() => {
+            wifi_365gps(frame).map(Answer::Built)
+        }
+        (_, 0x2A) => Some(Answer::Built(address(frame))),
+        (Form::Short, 0x35) => photo_request(frame).map(Answer::Built),
         (_, 0x19) if frame.content.len() + 5 >= 0x17 => None, // SPACE10X multi-cell
         (_, 0x24) if frame.content.len() + 5 == 0x2E => None, // SR411 mini
         (_, p) if NO_REPLY.contains(&p) => None,
-        (Form::Long, 0x32 | 0x33 | 0x41) => Some(build(Form::Long, proto, &[], serial(frame))),
+        (Form::Long, 0x32 | 0x33 | 0x41) => Some(Answer::Empty(Form::Long, proto)),
         // Modular and status types are acked in short form even when they came long.
-        (_, 0x40 | 0x70 | 0xF1 | 0xF2) => Some(ack(frame)),
+        (_, 0x40 | 0x70 | 0xF1 | 0xF2) => Some(Answer::Empty(Form::Short, proto)),
         // Other long-form types (0x66, 0x84, 0xFD, …) are answered by nobody.
         (Form::Long, _) => None,
-        // Traccar's catch-all, which devices rely on for login, heartbeat and alarms.
-        (Form::Short, _) => Some(ack(frame)),
+        // Traccar's catch-all, which devices rely on for login, heartbeat and alarms:
+        // `78 78 05 <proto> <serial> CRC 0D 0A`.
+        (Form::Short, _) => Some(Answer::Empty(Form::Short, proto)),
     }
-}
-
-/// `78 78 05 <proto> <serial> CRC 0D 0A`.
-fn ack(frame: &Frame) -> Vec<u8> {
-    build(Form::Short, frame.proto, &[], serial(frame))
 }
 
 /// The serial to echo. Frames without one (365GPS login, 0x10/0x11) get bytes `[-6, -4)`

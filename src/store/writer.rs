@@ -25,9 +25,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 /// Largest block, in positions (~24 KiB encoded at 6 B/position).
 pub const BLOCK_MAX: usize = 4096;
@@ -132,7 +133,7 @@ pub struct WriterStats {
 /// devices.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::UnboundedSender<WriteReq>,
+    tx: std_mpsc::Sender<WriteReq>,
     room: Arc<Semaphore>,
     pub stats: Arc<WriterStats>,
     guard: Arc<DiskGuard>,
@@ -228,7 +229,7 @@ pub fn spawn(
     opts: WriterOptions,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let max_batch = opts.max_batch.max(1);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = std_mpsc::channel();
     let room = Arc::new(Semaphore::new((max_batch * 2).max(REQ_OPS_MAX)));
     let stats = Arc::new(WriterStats::default());
     let guard = opened.store.disk().clone();
@@ -320,7 +321,10 @@ struct Writer {
     checkpoint: Option<Checkpoint>,
     store: Store,
     journal: Journal,
-    rx: mpsc::UnboundedReceiver<WriteReq>,
+    /// A std channel, not tokio's: the writer is a thread, and waiting on it with a
+    /// timeout wakes at once when a request comes (the first version polled in 1 ms
+    /// sleeps, which added up to a millisecond to answers whenever the queue ran dry).
+    rx: std_mpsc::Receiver<WriteReq>,
     /// The queue's bound in operations; see [`WriterHandle`].
     room: Arc<Semaphore>,
     opts: WriterOptions,
@@ -354,28 +358,32 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.opts.max_batch);
         let mut last_commit: Option<Instant> = None;
         loop {
-            // What the sealer finished is applied between commits.
+            // What the sealer finished is applied between commits; then, before any wait,
+            // a checkpoint starts if one is due.
             while let Some(done) = self.sealer.next(Duration::ZERO) {
                 self.handle(done);
+            }
+            if self.sealing_pending() {
+                if self.guard.is_low() {
+                    self.abort_checkpoint();
+                }
+            } else if self.checkpoint_due() {
+                self.start_checkpoint_logged();
             }
             // Group commit: wait for one request (or the checkpoint timer), take whatever
             // else is already queued, commit them with one fsync. Under load requests
             // pile up during the fsync and the next batch grows by itself. While a
-            // checkpoint runs, wait for the sealer too (in short turns, as for the timer).
+            // checkpoint runs, requests are waited for in turns of a millisecond, so
+            // that the sealer's results are taken (at the top of the loop) soon enough.
             let first = if self.sealing_pending() {
                 if self.must_wait() {
                     self.wait_sealer();
                     None
                 } else {
-                    match self.rx.try_recv() {
+                    match self.rx.recv_timeout(Duration::from_millis(1)) {
                         Ok(r) => Some(r),
-                        Err(mpsc::error::TryRecvError::Empty) => {
-                            if let Some(done) = self.sealer.next(Duration::from_millis(1)) {
-                                self.handle(done);
-                            }
-                            None
-                        }
-                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
             } else if self.store.fresh_unsealed() > 0 {
@@ -388,15 +396,15 @@ impl Writer {
                         .checkpoint_interval
                         .saturating_sub(self.last_checkpoint.elapsed())
                 };
-                match recv_timeout(&mut self.rx, wait) {
-                    Recv::Got(r) => Some(r),
-                    Recv::Timeout => None,
-                    Recv::Closed => break,
+                match self.rx.recv_timeout(wait) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match self.rx.blocking_recv() {
-                    Some(r) => Some(r),
-                    None => break,
+                match self.rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
                 }
             };
             if let Some(first) = first {
@@ -447,13 +455,6 @@ impl Writer {
                 }
             } else {
                 self.guard.refresh_if_stale();
-            }
-            if self.sealing_pending() {
-                if self.guard.is_low() {
-                    self.abort_checkpoint();
-                }
-            } else if self.checkpoint_due() {
-                self.start_checkpoint_logged();
             }
         }
         // Shutdown: finish any checkpoint under way, then seal what is left, so the next
@@ -942,30 +943,6 @@ impl Writer {
             tracing::info!(blocks = dropped, "retention dropped old blocks");
         }
         Ok(())
-    }
-}
-
-enum Recv {
-    Got(WriteReq),
-    Timeout,
-    Closed,
-}
-
-/// `blocking_recv` with a deadline, polling in short sleeps: the writer has no runtime of
-/// its own, and waking every 10 ms only while something is unsealed is nearly free.
-fn recv_timeout(rx: &mut mpsc::UnboundedReceiver<WriteReq>, wait: Duration) -> Recv {
-    let deadline = Instant::now() + wait;
-    loop {
-        match rx.try_recv() {
-            Ok(r) => return Recv::Got(r),
-            Err(mpsc::error::TryRecvError::Disconnected) => return Recv::Closed,
-            Err(mpsc::error::TryRecvError::Empty) => {}
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Recv::Timeout;
-        }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
     }
 }
 
