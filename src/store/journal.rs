@@ -47,6 +47,16 @@ pub struct Journal {
     seq: u64,
     /// Bytes in the current segment.
     len: u64,
+    /// Of those, the ones known durable (`fdatasync`ed). Records past it are written but
+    /// may not survive a crash; the segment only changes once it is all durable.
+    durable: u64,
+    /// `file` for the syncer thread (the same open file), made once per segment.
+    sync_file: Option<Arc<File>>,
+    /// Runs `fdatasync` while the writer goes on: started at the first [`Journal::start_sync`].
+    syncer: Option<Syncer>,
+    /// Where the sync under way will put `durable`, and whether the syncer runs it (else
+    /// it is run when waited for).
+    in_flight: Option<(u64, bool)>,
     /// The file may hold bytes past `len` (an append failed and cutting them back failed
     /// too): they are cut before anything else is appended.
     dirty: bool,
@@ -201,6 +211,10 @@ impl Journal {
             file,
             seq,
             len,
+            durable: len,
+            sync_file: None,
+            syncer: None,
+            in_flight: None,
             dirty: false,
             unsealed,
             segment_bytes: 0,
@@ -224,25 +238,31 @@ impl Journal {
     pub fn append_refs(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
         let payload = bincode::serde::encode_to_vec(ops, bincode::config::standard())
             .map_err(|e| StoreError::Io(format!("journal encode: {e}")))?;
-        self.append_payload(&[&payload])
+        self.write_payload(&[&payload])?;
+        self.sync_all()
     }
 
-    /// [`Journal::append`] for operations already encoded by [`encode_ops`]: `count`
-    /// operations in `parts`, in order. Writes the same bytes as `append` would, so the
-    /// encoding can happen where there is CPU to spare (in the sessions) rather than on
-    /// the one writer thread.
-    pub fn append_encoded(&mut self, count: usize, parts: &[&[u8]]) -> Result<(), StoreError> {
+    /// Writes one group commit of `count` operations already encoded by [`encode_ops`]
+    /// (in order in `parts`), the same bytes [`Journal::append`] writes, but does not
+    /// make it durable: [`Journal::start_sync`] and [`Journal::finish_sync`] (or
+    /// [`Journal::sync_all`]) do, so the writer can write and apply the next group while
+    /// the disk syncs this one. Encoding happens where there is CPU to spare (in the
+    /// sessions) rather than on the one writer thread.
+    ///
+    /// On an error, every record not yet durable is gone (the segment is cut back to
+    /// [`Journal::durable_end`]), this one included.
+    pub fn write_encoded(&mut self, count: usize, parts: &[&[u8]]) -> Result<(), StoreError> {
         // A sequence is its length (bincode's varint of a u64), then its elements.
         let len = bincode::encode_to_vec(count as u64, bincode::config::standard())
             .map_err(|e| StoreError::Io(format!("journal encode: {e}")))?;
         let mut all = Vec::with_capacity(parts.len() + 1);
         all.push(len.as_slice());
         all.extend_from_slice(parts);
-        self.append_payload(&all)
+        self.write_payload(&all)
     }
 
-    /// Writes one record whose payload is `parts` concatenated, and `fdatasync`s.
-    fn append_payload(&mut self, parts: &[&[u8]]) -> Result<(), StoreError> {
+    /// Writes one record whose payload is `parts` concatenated (not synced).
+    fn write_payload(&mut self, parts: &[&[u8]]) -> Result<(), StoreError> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         let mut crc = crc32fast::Hasher::new();
         let mut rec = Vec::with_capacity(payload_len + 8);
@@ -259,26 +279,114 @@ impl Journal {
         let past_zeros = self.len + rec.len() as u64 > self.zeros_to;
         if past_zeros && self.len > MAGIC.len() as u64 && self.spare_ready() {
             // Full, or never filled ahead: the batches go on in the spare. The segment
-            // left behind is sealed with the others at the next checkpoint. If the move
-            // fails (no descriptor, say), this segment grows: slower, and nothing lost.
+            // left behind is sealed with the others at the next checkpoint, all durable
+            // first. If the move fails (no descriptor, say), this segment grows: slower,
+            // and nothing lost.
+            self.sync_all()?;
             if let Err(e) = self.next_segment() {
                 tracing::warn!(error = %e, "journal: cannot move on to the segment filled ahead; the current one grows");
             }
         }
-        // A failed write or fdatasync (ENOSPC, EIO) may have left part of the record, or
-        // all of it, in the file. Replay stops at the first bad record, so a torn one
-        // left in front of the next batch would hide every later commit: cut it off now,
-        // and if even that fails, before the next append.
-        let written = self.write_record(&rec).and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            self.dirty = true;
-            let _ = self.cut_back();
+        // A failed write (ENOSPC, EIO) may have left part of the record in the file.
+        // Replay stops at the first bad record, so a torn one left in front of the next
+        // batch would hide every later commit: cut it off now, and if even that fails,
+        // before the next append.
+        if let Err(e) = self.write_record(&rec) {
+            self.lose_undurable();
             return Err(e.into());
         }
         self.len += rec.len() as u64;
         self.unsealed += rec.len() as u64;
-        self.publish_end();
         Ok(())
+    }
+
+    /// Starts making everything written so far durable, on the syncer thread, unless a
+    /// sync is under way or nothing waits for one.
+    pub fn start_sync(&mut self) {
+        if self.in_flight.is_some() || self.len <= self.durable {
+            return;
+        }
+        let file = match &self.sync_file {
+            Some(f) => Some(f.clone()),
+            None => self
+                .file
+                .try_clone()
+                .ok()
+                .map(|f| self.sync_file.insert(Arc::new(f)).clone()),
+        };
+        // Without a descriptor to spare or a thread, the sync runs when waited for.
+        let threaded = file.is_some_and(|f| {
+            let syncer = self.syncer.get_or_insert_with(Syncer::start);
+            syncer.jobs.send(f).is_ok()
+        });
+        if !threaded {
+            self.syncer = None;
+        }
+        self.in_flight = Some((self.len, threaded));
+    }
+
+    /// Whether a sync is under way.
+    pub fn syncing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Waits for the sync under way. Ok: everything written before it started is
+    /// durable. An error: everything not durable is gone, as for a failed write.
+    pub fn finish_sync(&mut self) -> Result<(), StoreError> {
+        let Some((target, threaded)) = self.in_flight else {
+            return Ok(());
+        };
+        let result = match self.syncer.as_ref().filter(|_| threaded).map(|s| s.done.recv()) {
+            Some(Ok(r)) => r,
+            // Not on the syncer, or it has gone: sync here.
+            _ => {
+                self.syncer = None;
+                self.file.sync_data()
+            }
+        };
+        self.in_flight = None;
+        match result {
+            Ok(()) => {
+                self.durable = self.durable.max(target);
+                self.publish_end();
+                Ok(())
+            }
+            Err(e) => {
+                self.lose_undurable();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes everything written so far durable, waiting for it.
+    pub fn sync_all(&mut self) -> Result<(), StoreError> {
+        self.finish_sync()?;
+        self.start_sync();
+        self.finish_sync()
+    }
+
+    /// Where the durable records end: `(segment, bytes)`, ordered as written.
+    pub fn durable_end(&self) -> (u64, u64) {
+        (self.seq, self.durable)
+    }
+
+    /// Where the records written so far end, as [`Journal::durable_end`].
+    pub fn written_end(&self) -> (u64, u64) {
+        (self.seq, self.len)
+    }
+
+    /// After a failed write or sync: the records not known durable are dropped (the file
+    /// is cut back to the durable ones, now or before the next write). A sync under way
+    /// is waited for first, since what it covers may have become durable.
+    fn lose_undurable(&mut self) {
+        if self.in_flight.is_some() {
+            // Its own failure is this same loss; its success moves `durable` on.
+            let _ = self.finish_sync();
+        }
+        self.unsealed = self.unsealed.saturating_sub(self.len - self.durable);
+        self.len = self.durable;
+        self.dirty = true;
+        let _ = self.cut_back();
     }
 
     /// From now on, publishes where the durable records end to `to` (see [`End`]).
@@ -289,7 +397,7 @@ impl Journal {
 
     fn publish_end(&self) {
         if let Some(end) = &self.end {
-            *end.lock().unwrap_or_else(|p| p.into_inner()) = (self.seq, self.len);
+            *end.lock().unwrap_or_else(|p| p.into_inner()) = (self.seq, self.durable);
         }
     }
 
@@ -346,6 +454,8 @@ impl Journal {
     /// Starts a new segment for the batches that follow and returns the older segments,
     /// which the caller deletes with [`Journal::remove`] once what they hold is sealed.
     pub fn rotate(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        // Segments left behind hold durable records only.
+        self.sync_all()?;
         if self.dirty {
             // A segment that is no longer the last must end on a good record.
             self.cut_back()?;
@@ -378,8 +488,10 @@ impl Journal {
             (create_segment(&self.dir, next)?, 0)
         };
         self.file = file;
+        self.sync_file = None;
         self.seq = next;
         self.len = MAGIC.len() as u64;
+        self.durable = self.len;
         self.zeros_to = zeros_to;
         self.publish_end();
         // A spare that failed (a nearly full disk) is tried again here, at most once per
@@ -410,6 +522,31 @@ impl Drop for Journal {
         if self.zeros_to > 0 {
             let _ = self.file.set_len(self.len);
         }
+    }
+}
+
+/// The thread that runs `fdatasync` for the journal: one job at a time, each the file
+/// to sync (the job is sent after the writes it must cover).
+struct Syncer {
+    jobs: std::sync::mpsc::Sender<Arc<File>>,
+    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl Syncer {
+    fn start() -> Syncer {
+        let (jobs, rx) = std::sync::mpsc::channel::<Arc<File>>();
+        let (tx, done) = std::sync::mpsc::channel();
+        // If the thread cannot start, `jobs` is closed: the caller then syncs itself.
+        let _ = std::thread::Builder::new()
+            .name("gt06-journal-sync".into())
+            .spawn(move || {
+                while let Ok(file) = rx.recv() {
+                    if tx.send(file.sync_data()).is_err() {
+                        return;
+                    }
+                }
+            });
+        Syncer { jobs, done }
     }
 }
 
@@ -837,7 +974,7 @@ mod tests {
                     battery_mv: present.then_some(u32::MAX),
                     temperature_dc: present.then_some(e as i32),
                     driver_id: present.then(|| "äö".into()),
-                    altitude_m: present.then_some(-(e as i32)),
+                    altitude_m: present.then_some((e as i32).wrapping_neg()),
                     driving_time_s: present.then_some(65_536),
                     engine_time_s: present.then_some(250),
                 };
@@ -870,7 +1007,8 @@ mod tests {
             // Split into requests of up to 64 as sessions send them.
             let parts: Vec<Vec<u8>> = ops.chunks(64).map(|c| encode_ops(c).unwrap()).collect();
             let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
-            jb.append_encoded(n, &refs).unwrap();
+            jb.write_encoded(n, &refs).unwrap();
+            jb.sync_all().unwrap();
             drop((ja, jb));
             let seg = |d: &Path| std::fs::read(segment_path(d, 1)).unwrap();
             assert_eq!(seg(&a), seg(&b), "{n} operations");
@@ -947,6 +1085,50 @@ mod tests {
         let (_, got, stats) = replay(&d);
         assert_eq!(got.len(), 2, "{stats:?}");
         assert!(matches!(&got[1][0], Op::Position { pos, .. } if pos.time_ms == 4));
+        assert_eq!((stats.torn_tail_bytes, stats.corrupt_records), (0, 0));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_sync_covers_what_was_written_before_it_began_and_a_failure_drops_the_rest() {
+        let d = dir("pipelined");
+        let (mut j, _, _) = replay(&d);
+        let rec = |j: &mut Journal, t: i64| {
+            let bytes = encode_ops(&[op(t)]).unwrap();
+            j.write_encoded(1, &[&bytes]).unwrap();
+            j.written_end()
+        };
+        let start = j.durable_end();
+        let one = rec(&mut j, 1);
+        assert_eq!(j.durable_end(), start, "written is not durable");
+        j.start_sync();
+        assert!(j.syncing());
+        let two = rec(&mut j, 2);
+        j.finish_sync().unwrap();
+        assert!(!j.syncing());
+        assert_eq!(j.durable_end(), one, "the sync began before the second record");
+        j.start_sync();
+        j.finish_sync().unwrap();
+        assert_eq!(j.durable_end(), two);
+        // Written, not synced, then a write fails: both are dropped from the file.
+        rec(&mut j, 3);
+        j.fail_after = Some(5);
+        assert!(j.write_encoded(1, &[&encode_ops(&[op(4)]).unwrap()]).is_err());
+        assert_eq!((j.durable_end(), j.written_end()), (two, two));
+        assert_eq!(std::fs::metadata(segment_path(&d, 1)).unwrap().len(), two.1);
+        rec(&mut j, 5);
+        j.sync_all().unwrap();
+        drop(j);
+        let (_, got, stats) = replay(&d);
+        let times: Vec<i64> = got
+            .iter()
+            .flatten()
+            .map(|o| match o {
+                Op::Position { pos, .. } => pos.time_ms,
+                _ => -1,
+            })
+            .collect();
+        assert_eq!(times, [1, 2, 5]);
         assert_eq!((stats.torn_tail_bytes, stats.corrupt_records), (0, 0));
         let _ = std::fs::remove_dir_all(&d);
     }
