@@ -465,31 +465,95 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
         put_int_column(&mut out, column);
     }
 
-    put_opt_strings(&mut out, ps, |p| p.invalid_reason.as_deref());
-    put_opt_ints(&mut out, ps, |p| p.acc.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.odometer_m.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| {
-        p.lbs.map(|l| {
-            [
-                i64::from(l.mcc),
-                i64::from(l.mnc),
-                i64::from(l.lac),
-                l.cell as i64,
-            ]
+    // Which optional fields any record has, in one more pass: most fields are absent
+    // from a whole block, and their presence column (all 0) is then written as it is
+    // without a pass of its own over the records.
+    let mut has = [false; 15];
+    for p in ps {
+        let fields = [
+            p.invalid_reason.is_some(),
+            p.acc.is_some(),
+            p.odometer_m.is_some(),
+            p.lbs.is_some(),
+            p.alarm.is_some(),
+            p.reupload.is_some(),
+            p.battery_percent.is_some(),
+            p.gsm_signal.is_some(),
+            p.power_mv.is_some(),
+            p.battery_mv.is_some(),
+            p.temperature_dc.is_some(),
+            p.driver_id.is_some(),
+            p.altitude_m.is_some(),
+            p.driving_time_s.is_some(),
+            p.engine_time_s.is_some(),
+        ];
+        for (h, f) in has.iter_mut().zip(fields) {
+            *h |= f;
+        }
+    }
+    let out = &mut out;
+    let opt = |i: usize, out: &mut Vec<u8>, put: &dyn Fn(&mut Vec<u8>)| {
+        if has[i] {
+            put(out)
+        } else {
+            // What `put_int_column` writes for a column of zeros.
+            out.push(MODE_CONST);
+            put_varint(out, zz(0));
+        }
+    };
+    opt(0, out, &|o| {
+        put_opt_strings(o, ps, |p| p.invalid_reason.as_deref())
+    });
+    opt(1, out, &|o| {
+        put_opt_ints(o, ps, |p| p.acc.map(|v| [i64::from(v)]))
+    });
+    opt(2, out, &|o| {
+        put_opt_ints(o, ps, |p| p.odometer_m.map(|v| [i64::from(v)]))
+    });
+    opt(3, out, &|o| {
+        put_opt_ints(o, ps, |p| {
+            p.lbs.map(|l| {
+                [
+                    i64::from(l.mcc),
+                    i64::from(l.mnc),
+                    i64::from(l.lac),
+                    l.cell as i64,
+                ]
+            })
         })
     });
-    put_opt_strings(&mut out, ps, |p| p.alarm.as_deref());
-    put_opt_ints(&mut out, ps, |p| p.reupload.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.battery_percent.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.gsm_signal.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.power_mv.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.battery_mv.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.temperature_dc.map(|v| [i64::from(v)]));
-    put_opt_strings(&mut out, ps, |p| p.driver_id.as_deref());
-    put_opt_ints(&mut out, ps, |p| p.altitude_m.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.driving_time_s.map(|v| [i64::from(v)]));
-    put_opt_ints(&mut out, ps, |p| p.engine_time_s.map(|v| [i64::from(v)]));
-    out
+    opt(4, out, &|o| put_opt_strings(o, ps, |p| p.alarm.as_deref()));
+    opt(5, out, &|o| {
+        put_opt_ints(o, ps, |p| p.reupload.map(|v| [i64::from(v)]))
+    });
+    opt(6, out, &|o| {
+        put_opt_ints(o, ps, |p| p.battery_percent.map(|v| [i64::from(v)]))
+    });
+    opt(7, out, &|o| {
+        put_opt_ints(o, ps, |p| p.gsm_signal.map(|v| [i64::from(v)]))
+    });
+    opt(8, out, &|o| {
+        put_opt_ints(o, ps, |p| p.power_mv.map(|v| [i64::from(v)]))
+    });
+    opt(9, out, &|o| {
+        put_opt_ints(o, ps, |p| p.battery_mv.map(|v| [i64::from(v)]))
+    });
+    opt(10, out, &|o| {
+        put_opt_ints(o, ps, |p| p.temperature_dc.map(|v| [i64::from(v)]))
+    });
+    opt(11, out, &|o| {
+        put_opt_strings(o, ps, |p| p.driver_id.as_deref())
+    });
+    opt(12, out, &|o| {
+        put_opt_ints(o, ps, |p| p.altitude_m.map(|v| [i64::from(v)]))
+    });
+    opt(13, out, &|o| {
+        put_opt_ints(o, ps, |p| p.driving_time_s.map(|v| [i64::from(v)]))
+    });
+    opt(14, out, &|o| {
+        put_opt_ints(o, ps, |p| p.engine_time_s.map(|v| [i64::from(v)]))
+    });
+    std::mem::take(out)
 }
 
 /// Presence column, then (if any record has the field) one column per component.
@@ -1649,6 +1713,24 @@ mod tests {
                 put_searched_column(&mut searched, &xs);
                 assert_eq!(fast, searched, "value {v}, {n} times");
             }
+        }
+    }
+
+    #[test]
+    fn an_absent_field_is_written_as_its_column_of_zeros_would_be() {
+        // encode_payload writes these two bytes for a field no record has, without
+        // building the column.
+        for n in [1usize, 2, 4096] {
+            let mut col = Vec::new();
+            put_int_column(&mut col, &vec![0; n]);
+            assert_eq!(col, [MODE_CONST, 0]);
+            let mut strings = Vec::new();
+            let ps = vec![PositionRecord::default(); n];
+            put_opt_strings(&mut strings, &ps, |p| p.alarm.as_deref());
+            assert_eq!(strings, col);
+            let mut ints = Vec::new();
+            put_opt_ints(&mut ints, &ps, |p| p.odometer_m.map(|v| [i64::from(v)]));
+            assert_eq!(ints, col);
         }
     }
 

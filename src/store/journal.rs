@@ -40,6 +40,12 @@ const SPARE: &str = "spare.tmp";
 /// Spares are written only while the disk has this many segments' worth free: the zeros
 /// must never be what fills a disk that the disk guard is watching.
 const SPARE_FREE_FACTOR: u64 = 8;
+/// After a segment filled faster than this (bytes per second: ~110,000 positions/s) no
+/// spare is filled: the zeros would double the disk's writes just when it is busiest,
+/// and with `fdatasync` running beside the writer a growing segment costs throughput
+/// less than they do (peak ingest 1.36–1.42 M positions/s growing against 1.28–1.30 M
+/// with spares, alternating runs). Below it spares keep each commit's sync short.
+const SPARE_MAX_RATE: u64 = 4 << 20;
 
 pub struct Journal {
     dir: PathBuf,
@@ -67,6 +73,10 @@ pub struct Journal {
     segment_bytes: u64,
     /// The current segment holds written zeros up to here (0: it grows as written).
     zeros_to: u64,
+    /// When the current segment was started.
+    segment_started: std::time::Instant,
+    /// A segment filled faster than this (bytes per second) gets no spare after it.
+    spare_max_rate: u64,
     spare: Option<Spare>,
     /// Where the end of the durable records is published for a backup's freeze.
     end: Option<End>,
@@ -219,6 +229,8 @@ impl Journal {
             unsealed,
             segment_bytes: 0,
             zeros_to: 0,
+            segment_started: std::time::Instant::now(),
+            spare_max_rate: SPARE_MAX_RATE,
             spare: None,
             end: None,
             #[cfg(test)]
@@ -336,7 +348,12 @@ impl Journal {
         let Some((target, threaded)) = self.in_flight else {
             return Ok(());
         };
-        let result = match self.syncer.as_ref().filter(|_| threaded).map(|s| s.done.recv()) {
+        let result = match self
+            .syncer
+            .as_ref()
+            .filter(|_| threaded)
+            .map(|s| s.done.recv())
+        {
             Some(Ok(r)) => r,
             // Not on the syncer, or it has gone: sync here.
             _ => {
@@ -473,6 +490,8 @@ impl Journal {
     /// Moves to segment `seq + 1`: the spare if one is ready, else a file that grows.
     fn next_segment(&mut self) -> Result<(), StoreError> {
         let next = self.seq + 1;
+        let secs = self.segment_started.elapsed().as_secs_f64();
+        let busy = self.len as f64 > self.spare_max_rate as f64 * secs;
         let (file, zeros_to) = if self.spare_ready() {
             let path = segment_path(&self.dir, next);
             std::fs::rename(self.dir.join(SPARE), &path)?;
@@ -493,11 +512,12 @@ impl Journal {
         self.len = MAGIC.len() as u64;
         self.durable = self.len;
         self.zeros_to = zeros_to;
+        self.segment_started = std::time::Instant::now();
         self.publish_end();
         // A spare that failed (a nearly full disk) is tried again here, at most once per
         // segment, not at every batch.
         let failed = self.spare.as_mut().and_then(|s| s.poll()) == Some(false);
-        if self.segment_bytes > 0 && (self.spare.is_none() || failed) {
+        if self.segment_bytes > 0 && !busy && (self.spare.is_none() || failed) {
             self.spare = Some(Spare::start(&self.dir, self.segment_bytes));
         }
         Ok(())
@@ -1106,14 +1126,20 @@ mod tests {
         let two = rec(&mut j, 2);
         j.finish_sync().unwrap();
         assert!(!j.syncing());
-        assert_eq!(j.durable_end(), one, "the sync began before the second record");
+        assert_eq!(
+            j.durable_end(),
+            one,
+            "the sync began before the second record"
+        );
         j.start_sync();
         j.finish_sync().unwrap();
         assert_eq!(j.durable_end(), two);
         // Written, not synced, then a write fails: both are dropped from the file.
         rec(&mut j, 3);
         j.fail_after = Some(5);
-        assert!(j.write_encoded(1, &[&encode_ops(&[op(4)]).unwrap()]).is_err());
+        assert!(j
+            .write_encoded(1, &[&encode_ops(&[op(4)]).unwrap()])
+            .is_err());
         assert_eq!((j.durable_end(), j.written_end()), (two, two));
         assert_eq!(std::fs::metadata(segment_path(&d, 1)).unwrap().len(), two.1);
         rec(&mut j, 5);
@@ -1201,6 +1227,7 @@ mod tests {
     fn segments_filled_ahead_are_written_in_place_and_cut_to_their_records_at_the_end() {
         let d = dir("ahead");
         let (mut j, _, _) = replay(&d);
+        j.spare_max_rate = u64::MAX;
         j.fill_ahead(4096);
         j.append(&[op(0)]).unwrap();
         let mut sent = 1;
@@ -1256,6 +1283,7 @@ mod tests {
         {
             let d = dir(&format!("ahead-torn-{k}"));
             let (mut j, _, _) = replay(&d);
+            j.spare_max_rate = u64::MAX;
             j.fill_ahead(64 * 1024);
             j.append(&[op(1)]).unwrap();
             spare_filled(&mut j);
