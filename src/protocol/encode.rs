@@ -25,6 +25,13 @@ pub fn frame(form: Form, proto: u8, content: &[u8], serial: u16) -> Vec<u8> {
 
 /// [`frame`], appended to `out`: a session writes many answers into one buffer.
 pub fn frame_into(out: &mut Vec<u8>, form: Form, proto: u8, content: &[u8], serial: u16) {
+    if form == Form::Short && content.is_empty() {
+        // The plain ack, one per location frame under load: built whole, copied once.
+        let [s1, s2] = serial.to_be_bytes();
+        let [c1, c2] = crc16_x25(&[5, proto, s1, s2]).to_be_bytes();
+        out.extend_from_slice(&[0x78, 0x78, 5, proto, s1, s2, c1, c2, 0x0D, 0x0A]);
+        return;
+    }
     let max = match form {
         Form::Short => MAX_SHORT_CONTENT,
         Form::Long => MAX_LONG_CONTENT,

@@ -63,17 +63,26 @@ impl DeviceTime {
     /// Milliseconds since the Unix epoch if these fields are read as UTC; `None` for
     /// impossible dates (month 0, day 0, all-zero "no GPS time yet", hour 25…).
     pub fn to_unix_ms_utc(&self) -> Option<i64> {
+        if !self.is_valid() {
+            return None;
+        }
         let (y, m, d) = (self.year as i64, self.month as i64, self.day as i64);
-        if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
-            return None;
-        }
-        if self.hour > 23 || self.minute > 59 || self.second > 59 {
-            return None;
-        }
         let days = days_from_civil(y, m, d);
         let secs =
             days * 86_400 + self.hour as i64 * 3600 + self.minute as i64 * 60 + self.second as i64;
         Some(secs * 1000)
+    }
+
+    /// Whether these fields are a real date and time of day ([`DeviceTime::to_unix_ms_utc`]
+    /// is `Some` exactly then): what the decoders check, without the arithmetic.
+    pub fn is_valid(&self) -> bool {
+        let (y, m, d) = (self.year as i64, self.month as i64, self.day as i64);
+        (1..=12).contains(&m)
+            && d >= 1
+            && d <= days_in_month(y, m)
+            && self.hour <= 23
+            && self.minute <= 59
+            && self.second <= 59
     }
 
     /// The UTC calendar fields of a Unix time in ms (used to build the 0x8A time reply).

@@ -710,56 +710,118 @@ mod wire {
     /// `Op::Position`'s index among the variants of `Op`.
     const POSITION_VARIANT: u32 = 0;
 
+    /// `Op::Position { imei, pos }`, field by field in declaration order.
+    pub fn position_op(out: &mut Vec<u8>, imei: u64, p: &PositionRecord) {
+        if p.invalid_reason.is_none() && p.alarm.is_none() && p.driver_id.is_none() {
+            // No strings: at most `Fixed::CAP` bytes, built on the stack and copied
+            // once (a `Vec::push` per byte was most of this function's time).
+            let mut f = Fixed::default();
+            fields(&mut f, imei, p);
+            out.extend_from_slice(&f.b[..f.n]);
+        } else {
+            fields(out, imei, p);
+        }
+    }
+
+    /// Where the bytes go: a `Vec`, or a fixed array when they are known to fit.
+    trait Sink {
+        fn byte(&mut self, b: u8);
+        fn bytes(&mut self, b: &[u8]);
+    }
+
+    impl Sink for Vec<u8> {
+        #[inline(always)]
+        fn byte(&mut self, b: u8) {
+            self.push(b);
+        }
+        #[inline(always)]
+        fn bytes(&mut self, b: &[u8]) {
+            self.extend_from_slice(b);
+        }
+    }
+
+    /// Big enough for a position without strings: 127 bytes at most (every integer in
+    /// its widest form, every option present).
+    struct Fixed {
+        b: [u8; Fixed::CAP],
+        n: usize,
+    }
+
+    impl Fixed {
+        const CAP: usize = 160;
+    }
+
+    impl Default for Fixed {
+        fn default() -> Self {
+            Fixed {
+                b: [0; Fixed::CAP],
+                n: 0,
+            }
+        }
+    }
+
+    impl Sink for Fixed {
+        #[inline(always)]
+        fn byte(&mut self, b: u8) {
+            self.b[self.n] = b;
+            self.n += 1;
+        }
+        #[inline(always)]
+        fn bytes(&mut self, b: &[u8]) {
+            self.b[self.n..self.n + b.len()].copy_from_slice(b);
+            self.n += b.len();
+        }
+    }
+
     /// An unsigned integer: one byte up to 250, else a marker (251: u16, 252: u32,
     /// 253: u64) and the value's little-endian bytes.
     #[inline(always)]
-    fn uint(out: &mut Vec<u8>, v: u64) {
+    fn uint(out: &mut impl Sink, v: u64) {
         if v <= 250 {
-            out.push(v as u8);
+            out.byte(v as u8);
         } else if v <= u64::from(u16::MAX) {
-            out.push(251);
-            out.extend_from_slice(&(v as u16).to_le_bytes());
+            out.byte(251);
+            out.bytes(&(v as u16).to_le_bytes());
         } else if v <= u64::from(u32::MAX) {
-            out.push(252);
-            out.extend_from_slice(&(v as u32).to_le_bytes());
+            out.byte(252);
+            out.bytes(&(v as u32).to_le_bytes());
         } else {
-            out.push(253);
-            out.extend_from_slice(&v.to_le_bytes());
+            out.byte(253);
+            out.bytes(&v.to_le_bytes());
         }
     }
 
     /// A signed integer: zig-zag (which gives the same number at any width), then as
     /// unsigned.
     #[inline(always)]
-    fn int(out: &mut Vec<u8>, v: i64) {
+    fn int(out: &mut impl Sink, v: i64) {
         uint(out, ((v << 1) ^ (v >> 63)) as u64);
     }
 
     #[inline(always)]
-    fn opt<T: Copy>(out: &mut Vec<u8>, v: Option<T>, put: impl Fn(&mut Vec<u8>, T)) {
+    fn opt<S: Sink, T: Copy>(out: &mut S, v: Option<T>, put: impl Fn(&mut S, T)) {
         match v {
-            None => out.push(0),
+            None => out.byte(0),
             Some(x) => {
-                out.push(1);
+                out.byte(1);
                 put(out, x);
             }
         }
     }
 
-    fn opt_str(out: &mut Vec<u8>, v: &Option<String>) {
+    fn opt_str(out: &mut impl Sink, v: &Option<String>) {
         match v {
-            None => out.push(0),
+            None => out.byte(0),
             Some(s) => {
-                out.push(1);
+                out.byte(1);
                 uint(out, s.len() as u64);
-                out.extend_from_slice(s.as_bytes());
+                out.bytes(s.as_bytes());
             }
         }
     }
 
-    /// `Op::Position { imei, pos }`, field by field in declaration order.
-    pub fn position_op(out: &mut Vec<u8>, imei: u64, p: &PositionRecord) {
-        out.reserve(96);
+    #[inline(always)]
+    fn fields<S: Sink>(out: &mut S, imei: u64, p: &PositionRecord) {
         uint(out, u64::from(POSITION_VARIANT));
         uint(out, imei);
         int(out, p.time_ms);
@@ -769,10 +831,10 @@ mod wire {
         uint(out, u64::from(p.speed_kmh));
         uint(out, u64::from(p.course));
         // u8 and bool are one raw byte each.
-        out.push(p.satellites);
-        out.push(u8::from(p.valid));
+        out.byte(p.satellites);
+        out.byte(u8::from(p.valid));
         opt_str(out, &p.invalid_reason);
-        opt(out, p.acc, |o, b| o.push(u8::from(b)));
+        opt(out, p.acc, |o, b| o.byte(u8::from(b)));
         opt(out, p.odometer_m, |o, v| uint(o, u64::from(v)));
         opt(out, p.lbs, |o, l| {
             uint(o, u64::from(l.mcc));
@@ -781,9 +843,9 @@ mod wire {
             uint(o, l.cell);
         });
         opt_str(out, &p.alarm);
-        opt(out, p.reupload, |o, b| o.push(u8::from(b)));
-        opt(out, p.battery_percent, |o, v| o.push(v));
-        opt(out, p.gsm_signal, |o, v| o.push(v));
+        opt(out, p.reupload, |o, b| o.byte(u8::from(b)));
+        opt(out, p.battery_percent, |o, v| o.byte(v));
+        opt(out, p.gsm_signal, |o, v| o.byte(v));
         opt(out, p.power_mv, |o, v| uint(o, u64::from(v)));
         opt(out, p.battery_mv, |o, v| uint(o, u64::from(v)));
         opt(out, p.temperature_dc, |o, v| int(o, i64::from(v)));

@@ -28,7 +28,7 @@ pub(crate) fn time_binary(i: In) -> IResult<In, Option<DeviceTime>> {
         },
         _ => return Ok((i, None)),
     };
-    Ok((i, t.to_unix_ms_utc().map(|_| t)))
+    Ok((i, t.is_valid().then_some(t)))
 }
 
 /// Converts one BCD byte (`0x26` → 26); `None` if a nibble is not a decimal digit.
@@ -52,7 +52,7 @@ pub(crate) fn time_bcd(i: In) -> IResult<In, Option<DeviceTime>> {
             minute: bcd(mi)?,
             second: bcd(ss)?,
         };
-        t.to_unix_ms_utc().map(|_| t)
+        t.is_valid().then_some(t)
     })();
     Ok((i, t))
 }

@@ -535,7 +535,7 @@ pub(super) fn position_text(text: &str) -> Option<Location> {
             minute: next()? as u8,
             second: next()? as u8,
         };
-        t.to_unix_ms_utc().map(|_| t)
+        t.is_valid().then_some(t)
     });
     let course = (course.round() as u16) % 360;
     Some(Location {
