@@ -337,6 +337,11 @@ impl Journal {
         self.in_flight = Some((self.len, threaded));
     }
 
+    /// Whether records were written since the last sync began.
+    pub fn unsynced(&self) -> bool {
+        self.len > self.in_flight.map_or(self.durable, |(target, _)| target)
+    }
+
     /// Whether a sync is under way.
     pub fn syncing(&self) -> bool {
         self.in_flight.is_some()
@@ -375,10 +380,14 @@ impl Journal {
         }
     }
 
-    /// Makes everything written so far durable, waiting for it.
+    /// Makes everything written so far durable, waiting for it, on this thread (a sync
+    /// under way on the syncer is waited for first).
     pub fn sync_all(&mut self) -> Result<(), StoreError> {
         self.finish_sync()?;
-        self.start_sync();
+        if self.len > self.durable {
+            // Run when waited for, here: no hand-over to the syncer and back.
+            self.in_flight = Some((self.len, false));
+        }
         self.finish_sync()
     }
 

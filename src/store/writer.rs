@@ -316,6 +316,9 @@ fn must_wait_for_checkpoint(fresh: usize, limit: usize) -> bool {
 /// pages given back were the ones growing tails asked for next, and faulting them in
 /// again cost a tenth of the write speed (BENCHMARKS.md, run 8).
 const TRIM_EVERY_STORED: usize = 1_000_000;
+/// Operations written since the last sync at or above which the next sync runs beside the
+/// writer (see the end of [`Writer::run`]'s loop).
+const PIPELINE_OPS: usize = 1024;
 /// Free space a checkpoint needs besides twice the journal it seals.
 const CHECKPOINT_HEADROOM: u64 = 16 * 1024 * 1024;
 
@@ -463,15 +466,31 @@ impl Writer {
             } else {
                 self.guard.refresh_if_stale();
             }
-            // The sync under way ends and the next starts at once, for what was written
-            // meanwhile; what the first made durable is then applied and answered while
-            // the disk works on the second.
-            if self.journal.syncing() {
-                let synced = self.journal.finish_sync();
-                self.journal.start_sync();
-                self.settle(synced);
+            // The sync under way ends. What was written meanwhile is synced beside this
+            // thread when it is a big group (under heavy load: the next one is written
+            // while the disk works, and what the first sync made durable is applied and
+            // answered meanwhile); a small one is synced here, as a commit always was:
+            // at a fleet's steady pace, syncs back to back beside the writer made
+            // heartbeat answers' p90 21 ms instead of 2.
+            let synced = self.journal.finish_sync();
+            if synced.is_ok() && self.journal.unsynced() {
+                let unsynced_ops: usize = self
+                    .written
+                    .iter()
+                    .rev()
+                    .take_while(|w| w.end > self.journal.durable_end())
+                    .map(|w| w.ops)
+                    .sum();
+                if unsynced_ops >= PIPELINE_OPS {
+                    self.journal.start_sync();
+                    self.settle(synced);
+                } else {
+                    self.settle(synced);
+                    let synced = self.journal.sync_all();
+                    self.settle(synced);
+                }
             } else {
-                self.journal.start_sync();
+                self.settle(synced);
             }
         }
         self.drain();
