@@ -61,6 +61,9 @@ pub struct Spill {
 struct Pending {
     at: u64,
     bytes: Vec<u8>,
+    /// After a failed write, the next is tried once this much is gathered, not at
+    /// every chunk.
+    retry_at: usize,
 }
 
 /// Bytes of chunks gathered before they are written to the scratch file.
@@ -107,16 +110,18 @@ impl Spill {
         let mut p = self.pending();
         let at = p.at + p.bytes.len() as u64;
         p.bytes.extend_from_slice(bytes);
-        if p.bytes.len() >= self.write_at {
+        if p.bytes.len() >= self.write_at.max(p.retry_at) {
             if let Err(e) = self.file.write_all_at(&p.bytes, p.at) {
                 if p.bytes.len() > self.keep_max {
                     let keep = p.bytes.len() - bytes.len();
                     p.bytes.truncate(keep);
                     return Err(e);
                 }
+                p.retry_at = p.bytes.len() + self.write_at.max(1);
             } else {
                 p.at += p.bytes.len() as u64;
                 p.bytes.clear();
+                p.retry_at = 0;
             }
         }
         self.end.store(at + bytes.len() as u64, Ordering::Relaxed);
@@ -760,6 +765,25 @@ mod tests {
         assert_eq!(tail.spill_at, SPILL_ROWS * 4);
         let times: Vec<i64> = tail.take_all().unwrap().iter().map(|p| p.time_ms).collect();
         assert_eq!(times, (0..SPILL_ROWS as i64 * 3).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chunks_the_file_refuses_are_kept_in_memory_up_to_a_bound() {
+        let path = std::env::temp_dir().join(format!("gt06-spill-keep-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        // Every write fails; up to 3 chunks' worth waits in memory, still readable.
+        let spill = Arc::new(Spill::on(File::open(&path).unwrap(), 0, 3 * 2_100));
+        let _ = std::fs::remove_file(&path);
+        let mut tail = Tail::default();
+        let n = SPILL_ROWS as i64 * 5;
+        for t in 0..n {
+            assert!(tail.insert(&at(t), Some(&spill)));
+        }
+        assert_eq!(tail.spilled.len(), 3, "three chunks taken, then refused");
+        assert!(tail.rows.len() > SPILL_ROWS, "the rest stayed in the tail");
+        assert_eq!(tail.range(0, 10), (0..10).map(at).collect::<Vec<_>>());
+        let times: Vec<i64> = tail.take_all().unwrap().iter().map(|p| p.time_ms).collect();
+        assert_eq!(times, (0..n).collect::<Vec<_>>());
     }
 
     #[test]
