@@ -491,9 +491,10 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
             *h |= f;
         }
     }
-    let out = &mut out;
-    let opt = |i: usize, out: &mut Vec<u8>, put: &dyn Fn(&mut Vec<u8>)| {
-        if has[i] {
+    // In the order of `has` (and of the layout).
+    let mut has = has.into_iter();
+    let mut opt = |out: &mut Vec<u8>, put: &dyn Fn(&mut Vec<u8>)| {
+        if has.next().unwrap_or(true) {
             put(out)
         } else {
             // What `put_int_column` writes for a column of zeros.
@@ -501,16 +502,16 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
             put_varint(out, zz(0));
         }
     };
-    opt(0, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_strings(o, ps, |p| p.invalid_reason.as_deref())
     });
-    opt(1, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.acc.map(|v| [i64::from(v)]))
     });
-    opt(2, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.odometer_m.map(|v| [i64::from(v)]))
     });
-    opt(3, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| {
             p.lbs.map(|l| {
                 [
@@ -522,38 +523,40 @@ fn encode_payload(ps: &[PositionRecord]) -> Vec<u8> {
             })
         })
     });
-    opt(4, out, &|o| put_opt_strings(o, ps, |p| p.alarm.as_deref()));
-    opt(5, out, &|o| {
+    opt(&mut out, &|o| {
+        put_opt_strings(o, ps, |p| p.alarm.as_deref())
+    });
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.reupload.map(|v| [i64::from(v)]))
     });
-    opt(6, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.battery_percent.map(|v| [i64::from(v)]))
     });
-    opt(7, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.gsm_signal.map(|v| [i64::from(v)]))
     });
-    opt(8, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.power_mv.map(|v| [i64::from(v)]))
     });
-    opt(9, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.battery_mv.map(|v| [i64::from(v)]))
     });
-    opt(10, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.temperature_dc.map(|v| [i64::from(v)]))
     });
-    opt(11, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_strings(o, ps, |p| p.driver_id.as_deref())
     });
-    opt(12, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.altitude_m.map(|v| [i64::from(v)]))
     });
-    opt(13, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.driving_time_s.map(|v| [i64::from(v)]))
     });
-    opt(14, out, &|o| {
+    opt(&mut out, &|o| {
         put_opt_ints(o, ps, |p| p.engine_time_s.map(|v| [i64::from(v)]))
     });
-    std::mem::take(out)
+    out
 }
 
 /// Presence column, then (if any record has the field) one column per component.
