@@ -142,14 +142,22 @@ impl Live {
     /// Adds a position to its device's tail; the first position stored for a fix time wins.
     /// Returns false when that fix time was already there (a re-sent position).
     pub fn insert(&mut self, imei: u64, pos: &PositionRecord) -> bool {
-        let added = self
-            .tails
-            .entry(imei)
-            .or_default()
-            .insert(pos, self.spill.as_ref());
-        if added {
-            self.unsealed += 1;
-        }
+        self.insert_all(imei, std::slice::from_ref(pos)) == 1
+    }
+
+    /// [`Live::insert`] for several positions of one device: its tail is looked up once.
+    /// Returns how many were added.
+    fn insert_all<'a>(
+        &mut self,
+        imei: u64,
+        positions: impl IntoIterator<Item = &'a PositionRecord>,
+    ) -> usize {
+        let tail = self.tails.entry(imei).or_default();
+        let added = positions
+            .into_iter()
+            .filter(|p| tail.insert(p, self.spill.as_ref()))
+            .count();
+        self.unsealed += added;
         added
     }
 }
@@ -252,10 +260,7 @@ impl Store {
             store.sync()?;
         }
         let (mut journal, replay) = journal::Journal::open(&data_dir.join("journal"), |ops| {
-            let mut live = store.live_mut();
-            for op in ops {
-                store.apply(&mut live, &op);
-            }
+            store.apply_all(&mut store.live_mut(), &ops);
         })?;
         journal.publish_end_to(store.inner.journal_end.clone());
         Ok(Opened {
@@ -290,10 +295,7 @@ impl Store {
         // into the events tree; nobody thaws a read-only store.
         let _ = store.inner.gate.freeze(std::time::Duration::ZERO, || ());
         let replay = journal::replay_read_only(&data_dir.join("journal"), |ops| {
-            let mut live = store.live_mut();
-            for op in ops {
-                store.apply(&mut live, &op);
-            }
+            store.apply_all(&mut store.live_mut(), &ops);
         })?;
         Ok((store, replay))
     }
@@ -408,25 +410,40 @@ impl Store {
         Ok(())
     }
 
+    /// Applies journaled operations to memory, in order: [`Store::apply`] for each, with
+    /// a run of one device's positions (a read's worth, under load) taken together: its
+    /// device entry and tail are looked up once and only its newest position is copied
+    /// as the last one, which is what applying them one by one leaves there.
+    pub(crate) fn apply_all(&self, live: &mut Live, ops: &[Op]) {
+        let mut rest = ops;
+        while let Some((first, after)) = rest.split_first() {
+            let Op::Position { imei, .. } = first else {
+                self.apply(live, first);
+                rest = after;
+                continue;
+            };
+            let run = rest
+                .iter()
+                .take_while(|op| matches!(op, Op::Position { imei: i, .. } if i == imei))
+                .count();
+            let (positions, after) = rest.split_at(run);
+            apply_positions(
+                live,
+                *imei,
+                positions.iter().filter_map(|op| match op {
+                    Op::Position { pos, .. } => Some(pos),
+                    _ => None,
+                }),
+            );
+            rest = after;
+        }
+    }
+
     /// Applies one journaled request to memory (and events to their tree). Used by the
     /// writer after the journal fsync and by replay at open; applying twice is harmless.
     pub(crate) fn apply(&self, live: &mut Live, op: &Op) {
         match op {
-            Op::Position { imei, pos } => {
-                let dev = device_entry(live, *imei, pos.received_ms);
-                if dev
-                    .last_position
-                    .as_ref()
-                    .is_none_or(|p| pos.time_ms >= p.time_ms)
-                {
-                    dev.last_position = Some(pos.clone());
-                }
-                // A position already sealed (re-sent, or replayed after a crash during a
-                // checkpoint) is not looked up here: sealing merges it with its block, the
-                // sealed copy wins, and reads merge by time. Checking every replayed
-                // position against its block would decode a block per position.
-                live.insert(*imei, pos);
-            }
+            Op::Position { imei, pos } => apply_positions(live, *imei, std::iter::once(pos)),
             Op::Event { imei, event } => {
                 device_entry(live, *imei, event.received_ms);
                 let key = keys::event(*imei, event.time_ms, writer::discriminator(event));
@@ -855,6 +872,41 @@ fn carry_over(mut new: StatusRecord, old: Option<&StatusRecord>) -> StatusRecord
     new
 }
 
+/// Positions of one device, in the order they were journaled.
+fn apply_positions<'a, I>(live: &mut Live, imei: u64, positions: I)
+where
+    I: Iterator<Item = &'a PositionRecord> + Clone,
+{
+    let mut all = positions.clone();
+    let Some(first) = all.next() else {
+        return;
+    };
+    // Applied one at a time, each position at least as new as the last one replaces it:
+    // what stays is the last of the newest, and only if that is at least as new as what
+    // was there.
+    let (mut newest, mut received) = (first, first.received_ms);
+    for p in all {
+        if p.time_ms >= newest.time_ms {
+            newest = p;
+        }
+        received = received.max(p.received_ms);
+    }
+    let dev = device_entry(live, imei, first.received_ms);
+    dev.last_seen_ms = dev.last_seen_ms.max(received);
+    if dev
+        .last_position
+        .as_ref()
+        .is_none_or(|p| newest.time_ms >= p.time_ms)
+    {
+        dev.last_position = Some(newest.clone());
+    }
+    // A position already sealed (re-sent, or replayed after a crash during a checkpoint)
+    // is not looked up here: sealing merges it with its block, the sealed copy wins, and
+    // reads merge by time. Checking every replayed position against its block would
+    // decode a block per position.
+    live.insert_all(imei, positions);
+}
+
 fn device_entry(live: &mut Live, imei: u64, at_ms: i64) -> &mut DeviceRecord {
     live.dirty.insert(imei);
     let dev = live.devices.entry(imei).or_insert_with(|| DeviceRecord {
@@ -1044,6 +1096,66 @@ mod tests {
         assert!(store.positions(a, 0, i64::MAX, 10).is_err());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn runs_of_positions_apply_as_one_at_a_time_would() {
+        let pos = |time_ms: i64, received_ms: i64, lat_raw: i32| Op::Position {
+            imei: if lat_raw < 0 { 2 } else { 1 },
+            pos: PositionRecord {
+                time_ms,
+                received_ms,
+                lat_raw,
+                valid: true,
+                ..PositionRecord::default()
+            },
+        };
+        let seen = Op::Seen {
+            imei: 1,
+            at_ms: 50,
+            login: None,
+            status: None,
+        };
+        // Out of order, a repeated fix time (the first stored wins the tail, the later
+        // one the "last position"), a receipt time that goes back, another device in
+        // between, and a run older than what the device already has.
+        let ops = vec![
+            pos(5_000, 40, 1),
+            pos(7_000, 41, 2),
+            pos(7_000, 39, 3),
+            pos(3_000, 42, 4),
+            seen.clone(),
+            pos(9_000, 45, -1),
+            pos(8_000, 44, -2),
+            pos(6_000, 60, 5),
+            pos(2_000, 61, 6),
+        ];
+        let one_by_one = Store::open(&tempdir("apply-one"), OpenOptions::default())
+            .unwrap()
+            .store;
+        let all = Store::open(&tempdir("apply-all"), OpenOptions::default())
+            .unwrap()
+            .store;
+        for (cut, ops) in [(4, &ops[..]), (0, &ops[..])] {
+            // Applied twice over (replay after a crash does that), in two requests.
+            let (a, b) = ops.split_at(cut);
+            for op in ops {
+                one_by_one.apply(&mut one_by_one.live_mut(), op);
+            }
+            all.apply_all(&mut all.live_mut(), a);
+            all.apply_all(&mut all.live_mut(), b);
+        }
+        let (x, y) = (one_by_one.live(), all.live());
+        for imei in [1, 2] {
+            assert_eq!(x.devices.get(&imei), y.devices.get(&imei), "device {imei}");
+            let tail = |l: &Live| l.tails.get(&imei).map(|t| t.range(i64::MIN, i64::MAX));
+            assert_eq!(tail(&x), tail(&y), "tail of {imei}");
+        }
+        let dev = y.devices.get(&1).unwrap();
+        let last = dev.last_position.as_ref().unwrap();
+        assert_eq!((last.time_ms, last.lat_raw), (7_000, 3));
+        assert_eq!((dev.first_seen_ms, dev.last_seen_ms), (40, 61));
+        assert_eq!((x.unsealed, y.unsealed), (7, 7));
     }
 
     #[test]

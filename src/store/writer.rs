@@ -634,8 +634,8 @@ impl Writer {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             {
                 let mut live = self.store.live_mut();
-                for op in done.iter().flat_map(|w| &w.batch).flat_map(|r| &r.ops) {
-                    self.store.apply(&mut live, op);
+                for req in done.iter().flat_map(|w| &w.batch) {
+                    self.store.apply_all(&mut live, &req.ops);
                 }
             }
             for w in &done {
