@@ -15,7 +15,9 @@ use crate::store::{
 };
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -319,8 +321,20 @@ impl Session {
                 buf.reserve(room);
             }
             let offered = buf.capacity() - buf.len();
-            let n = match rd.try_read_buf(&mut buf) {
-                Ok(n) => {
+            // One poll of tokio's own read, not `try_read_buf`: a read that leaves room in
+            // the buffer drained the socket, and tokio then forgets the readiness, so the
+            // next wait sleeps at once; `try_read_buf` kept it, and every read cost a
+            // second one that returned WouldBlock (two `recvfrom` per fix at 1 Hz).
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut *rd),
+                    cx,
+                    &mut buf,
+                ))
+            })
+            .await;
+            let n = match polled {
+                Poll::Ready(Ok(n)) => {
                     room = if n == offered {
                         (room * 2).min(READ_BUF_MAX)
                     } else {
@@ -328,8 +342,9 @@ impl Session {
                     };
                     n
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(SessionError::Read(e)),
+                // The readiness was stale: back to waiting, with the deadlines.
+                Poll::Pending => continue,
+                Poll::Ready(Err(e)) => return Err(SessionError::Read(e)),
             };
             if n == 0 {
                 return Ok(());
