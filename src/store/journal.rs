@@ -47,8 +47,8 @@ const SPARE_FREE_FACTOR: u64 = 8;
 /// with spares, alternating runs). Below it spares keep each commit's sync short.
 const SPARE_MAX_RATE: u64 = 4 << 20;
 /// A spare is written and synced this many bytes at a time, with [`SPARE_PAUSE`] after
-/// each step: a 32 MiB spare takes ~0.2 s, far less than the 8 s or more the segment
-/// before it takes to fill below [`SPARE_MAX_RATE`].
+/// each step: a 32 MiB spare took 0.13-0.15 s here, far less than the 8 s or more the
+/// segment before it takes to fill below [`SPARE_MAX_RATE`].
 const SPARE_STEP: usize = 1 << 20;
 const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -657,9 +657,9 @@ fn fill_spare(path: &Path, bytes: u64, stop: &AtomicBool) -> std::io::Result<()>
         at += n as u64;
         // Each step is made durable before the next is written: on ext4 a commit's
         // `fdatasync` also flushes every other file's newly placed dirty blocks, so a
-        // whole segment of zeros waiting for writeback stalled the group commits beside
-        // it for 40-170 ms. One step's worth holds them up a few milliseconds at most,
-        // and the pause lets their syncs in between.
+        // whole segment of zeros waiting for writeback held the group commit beside it up
+        // 36-41 ms (`benches/spare_stall.py`). One step's worth holds it up about 2 ms at
+        // most, and the pause lets the commits' syncs in between.
         file.sync_data()?;
         std::thread::sleep(SPARE_PAUSE);
     }

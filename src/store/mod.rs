@@ -1124,18 +1124,15 @@ mod tests {
             pos(7_000, 41, 2),
             pos(7_000, 39, 3),
             pos(3_000, 42, 4),
-            seen.clone(),
+            seen,
             pos(9_000, 45, -1),
             pos(8_000, 44, -2),
             pos(6_000, 60, 5),
             pos(2_000, 61, 6),
         ];
-        let one_by_one = Store::open(&tempdir("apply-one"), OpenOptions::default())
-            .unwrap()
-            .store;
-        let all = Store::open(&tempdir("apply-all"), OpenOptions::default())
-            .unwrap()
-            .store;
+        let dirs = [tempdir("apply-one"), tempdir("apply-all")];
+        let one_by_one = Store::open(&dirs[0], OpenOptions::default()).unwrap().store;
+        let all = Store::open(&dirs[1], OpenOptions::default()).unwrap().store;
         for (cut, ops) in [(4, &ops[..]), (0, &ops[..])] {
             // Applied twice over (replay after a crash does that), in two requests.
             let (a, b) = ops.split_at(cut);
@@ -1156,6 +1153,11 @@ mod tests {
         assert_eq!((last.time_ms, last.lat_raw), (7_000, 3));
         assert_eq!((dev.first_seen_ms, dev.last_seen_ms), (40, 61));
         assert_eq!((x.unsealed, y.unsealed), (7, 7));
+        drop((x, y));
+        drop((one_by_one, all));
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]
