@@ -422,20 +422,13 @@ impl Store {
                 rest = after;
                 continue;
             };
-            let run = rest
-                .iter()
-                .take_while(|op| matches!(op, Op::Position { imei: i, .. } if i == imei))
-                .count();
-            let (positions, after) = rest.split_at(run);
-            apply_positions(
-                live,
-                *imei,
-                positions.iter().filter_map(|op| match op {
-                    Op::Position { pos, .. } => Some(pos),
-                    _ => None,
-                }),
-            );
-            rest = after;
+            let run = rest.iter().map_while(|op| match op {
+                Op::Position { imei: i, pos } if i == imei => Some(pos),
+                _ => None,
+            });
+            let len = run.clone().count();
+            apply_positions(live, *imei, run);
+            rest = rest.get(len..).unwrap_or_default();
         }
     }
 
