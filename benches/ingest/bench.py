@@ -806,7 +806,7 @@ def report(res):
     # b
     rows = [(x["round"], x["b"]) for x in rounds if "b" in x]
     if rows:
-        to_end = any(((r or {}).get("probe") or {}).get("to_end") for _, b in rows for r in b.values()
+        to_end = any((r.get("probe") or {}).get("to_end") for _, b in rows for r in b.values()
                      if isinstance(r, dict))
         L += ["### b) 19,900 trackers at 1 fix/s", "",
               f"| round | server | logins ok | HB sent / unACKed | HB ACK p50 / p99 / max ms | probe{' (to the end)' if to_end else ''} HB p50 / p99 / max ms (unACKed) | RSS max MiB | stored: missing of sent | peer backlog after load s | server CPU s | other CPU s |",
