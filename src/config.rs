@@ -100,6 +100,9 @@ pub struct HttpConfig {
 pub struct StoreConfig {
     /// Largest number of records the writer applies in one group commit.
     pub max_batch: usize,
+    /// Milliseconds between the starts of two group commits, at least (unless a full
+    /// group is waiting): a few milliseconds of requests share one fsync.
+    pub min_commit_interval_ms: u64,
     /// sled's page cache in MiB. sled 0.34 defaults to 1 GiB, a budget too large for the
     /// small VMs this runs on.
     pub cache_mb: u64,
@@ -197,6 +200,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             max_batch: 4096,
+            min_commit_interval_ms: 2,
             cache_mb: crate::store::DEFAULT_CACHE_MB,
             checkpoint_positions: 2_000_000,
             checkpoint_interval_secs: 900,
@@ -250,6 +254,7 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     pub live_stall_timeout: std::time::Duration,
     pub max_batch: usize,
+    pub min_commit_interval: std::time::Duration,
     pub cache_bytes: u64,
     pub checkpoint_positions: usize,
     pub checkpoint_interval: std::time::Duration,
@@ -355,6 +360,13 @@ impl Config {
                 "must be between 1 and 1000000",
             ));
         }
+        // Group commit promises a flush at least every 10 ms.
+        if self.store.min_commit_interval_ms > 10 {
+            return Err(ConfigError::key(
+                "store.min_commit_interval_ms",
+                "must be between 0 and 10",
+            ));
+        }
         if !(1_000..=100_000_000).contains(&self.store.checkpoint_positions) {
             return Err(ConfigError::key(
                 "store.checkpoint_positions",
@@ -427,6 +439,9 @@ impl Config {
             max_connections_per_ip: self.tcp.max_connections_per_ip as usize,
             live_stall_timeout: std::time::Duration::from_secs(self.http.live_stall_timeout_secs),
             max_batch: self.store.max_batch,
+            min_commit_interval: std::time::Duration::from_millis(
+                self.store.min_commit_interval_ms,
+            ),
             cache_bytes: self.store.cache_mb * 1024 * 1024,
             checkpoint_positions: self.store.checkpoint_positions,
             checkpoint_interval: std::time::Duration::from_secs(
@@ -635,6 +650,19 @@ mod tests {
         });
         assert_eq!(c.tcp.listen, "127.0.0.1:2");
         assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
+    }
+
+    #[test]
+    fn group_commit_pause_is_bounded_by_the_flush_promise() {
+        let c = parse("[store]\nmin_commit_interval_ms = 11\n").unwrap();
+        assert_eq!(
+            key_of(c.validate().unwrap_err()),
+            "store.min_commit_interval_ms"
+        );
+        let c = parse("[store]\nmin_commit_interval_ms = 0\n").unwrap();
+        assert!(c.validate().unwrap().min_commit_interval.is_zero());
+        let d = Config::default().validate().unwrap();
+        assert_eq!(d.min_commit_interval, std::time::Duration::from_millis(2));
     }
 
     #[test]

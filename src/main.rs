@@ -213,6 +213,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         opened,
         store::writer::WriterOptions {
             max_batch: s.max_batch,
+            min_commit_interval: s.min_commit_interval,
             checkpoint_positions: s.checkpoint_positions,
             checkpoint_interval: s.checkpoint_interval,
             retention: s.retention,
