@@ -1422,13 +1422,12 @@ mod tests {
     fn a_commit_waits_out_the_minimum_interval_unless_a_full_group_is_queued() {
         let dir = tempdir("pace");
         let interval = Duration::from_millis(500);
-        let (store, handle, join) = run_writer(
-            &dir,
-            WriterOptions {
-                min_commit_interval: interval,
-                ..opts(1_000_000)
-            },
-        );
+        let paced = WriterOptions {
+            min_commit_interval: interval,
+            ..opts(1_000_000)
+        };
+        let full_group = paced.max_batch as i64;
+        let (store, handle, join) = run_writer(&dir, paced);
         let at = |t: i64| Op::Position {
             imei: 9,
             pos: pos(t * 1000),
@@ -1456,7 +1455,7 @@ mod tests {
         // A full group (max_batch operations) goes at once, however recent the last one.
         let full = Instant::now();
         let d = Arc::new(Durability::default());
-        let ops: Vec<Op> = (6..6 + opts(0).max_batch as i64).map(at).collect();
+        let ops: Vec<Op> = (6..6 + full_group).map(at).collect();
         handle
             .blocking_send(WriteReq::new(ops, Some((d.clone(), 1))))
             .unwrap();
@@ -1464,9 +1463,7 @@ mod tests {
         rt.block_on(async { rx.wait_for(|s| s.seq >= 1).await.map(|_| ()).unwrap() });
         let took = full.elapsed();
         assert!(took < interval / 2, "a full group waited {took:?}");
-        let want: Vec<i64> = (0..6 + opts(0).max_batch as i64)
-            .map(|t| t * 1000)
-            .collect();
+        let want: Vec<i64> = (0..6 + full_group).map(|t| t * 1000).collect();
         assert_eq!(times(&store, 9), want);
         drop(handle);
         join.join().unwrap();
