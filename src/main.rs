@@ -260,6 +260,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
 
     let cancel = CancellationToken::new();
     let online = Online::default();
+    let closer = ingest::closer::Closer::spawn();
     let ingest_ctx = Arc::new(IngestCtx {
         writer,
         online: online.clone(),
@@ -268,6 +269,7 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
         login_timeout: s.login_timeout,
         frame_timeout: s.frame_timeout,
         limits,
+        closer: closer.clone(),
         split: SplitOptions {
             max_frame: s.max_frame_bytes,
             lenient_crc: s.lenient_crc,
@@ -322,6 +324,9 @@ async fn serve(s: Settings, activated: Activated, notifier: Notifier) -> anyhow:
     {
         tracing::warn!("some tracker sessions did not end within 10 s");
     }
+    // Ended connections still waiting for the idle-priority closer get their FIN now,
+    // not whenever the process exits.
+    closer.close_now();
     // The last session held the last writer handle: the writer now drains and stops.
     tracing::info!("sessions ended; draining the store writer");
     watchdog_cancel.cancel();

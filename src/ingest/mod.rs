@@ -10,6 +10,7 @@
 //! **Architecture invariant:** every read has a timeout and a size limit; a misbehaving
 //! connection is closed with one log line and no other connection notices.
 
+pub mod closer;
 pub mod device_time;
 pub mod limits;
 pub mod session;
@@ -36,6 +37,8 @@ pub struct IngestCtx {
     pub frame_timeout: Duration,
     /// The global and per-address connection caps.
     pub limits: Arc<limits::ConnLimits>,
+    /// Where an ended connection's socket goes to be closed, off the runtime threads.
+    pub closer: closer::Closer,
     pub split: SplitOptions,
     /// How each device's fix times are read and which model it is.
     pub devices: DeviceSettings,
@@ -146,7 +149,7 @@ pub async fn serve(
                 if backoff.succeeded() {
                     tracing::info!("accepting trackers again");
                 }
-                let slot = match ctx.limits.admit(peer.ip()) {
+                let slot = match closer::admit(&ctx.limits, &ctx.closer, peer.ip()) {
                     Ok(slot) => slot,
                     Err(refusal) => {
                         METRICS.connection_refused(refusal == limits::Refusal::PerIp);
@@ -168,10 +171,7 @@ pub async fn serve(
                     limits::set_send_buffer(std::os::fd::AsRawFd::as_raw_fd(&sock), TRACKER_SNDBUF);
                 let ctx = ctx.clone();
                 let cancel = cancel.clone();
-                tracker.spawn(async move {
-                    let _slot = slot;
-                    session::run(sock, peer, ctx, cancel).await
-                });
+                tracker.spawn(session::run(sock, peer, slot, ctx, cancel));
             }
             Err(e) => {
                 let (wait, first) = backoff.failed();

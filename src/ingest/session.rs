@@ -6,6 +6,7 @@
 //! answers fills the queue, the reader stops, and TCP pushes back on the device.
 
 use super::device_time::{OffsetDetector, TimeSetting};
+use super::limits::Slot;
 use super::{IngestCtx, Online};
 use crate::ops::metrics::{FrameResult, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
@@ -196,6 +197,7 @@ struct Session {
 pub async fn run(
     sock: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
     ctx: Arc<IngestCtx>,
     cancel: CancellationToken,
 ) {
@@ -241,8 +243,18 @@ pub async fn run(
             s.online.leave(imei.as_u64());
         }
         // Let queued answers go out (the device may still be reading), then end.
+        let closer = s.ctx.closer.clone();
         drop(s);
-        let write = writer.await.unwrap_or(Ok(()));
+        let write = match writer.await {
+            Ok((result, wr)) => {
+                // The socket is closed (FIN sent) later, off this thread: see `closer`.
+                if let Ok(sock) = rd.reunite(wr) {
+                    closer.close(sock, slot);
+                }
+                result
+            }
+            Err(_) => Ok(()),
+        };
         // One line per connection: when the write half ended it (the reader then only
         // sees a closed queue or the stop), its reason is the cause.
         let result = match (read, write) {
@@ -821,9 +833,21 @@ fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
 }
 
 /// The write half: answers in order, each after its data is durable. Returns why it
-/// stopped early; the session logs it.
+/// stopped early (the session logs it) and the write half, so that the whole socket is
+/// closed in one place, by the closer.
 async fn write_answers(
     mut wr: OwnedWriteHalf,
+    rx: mpsc::Receiver<Outgoing>,
+    durable: Arc<Durability>,
+    write_timeout: Duration,
+    stop: CancellationToken,
+) -> (Result<(), SessionError>, OwnedWriteHalf) {
+    let result = send_answers(&mut wr, rx, durable, write_timeout, stop).await;
+    (result, wr)
+}
+
+async fn send_answers(
+    wr: &mut OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
     durable: Arc<Durability>,
     write_timeout: Duration,
@@ -890,7 +914,6 @@ async fn write_answers(
             batch = Vec::new();
         }
     }
-    let _ = wr.shutdown().await;
     Ok(())
 }
 

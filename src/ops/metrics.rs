@@ -182,6 +182,8 @@ pub struct Metrics {
     frames: FrameCounters,
     connections_total: AtomicU64,
     connections_current: AtomicU64,
+    /// Ended connections whose sockets wait for the closer thread.
+    connections_closing: AtomicU64,
     connections_closed: [AtomicU64; CLOSE_RESULTS.len()],
     /// Tracker connections refused by the global cap, and by the per-address cap.
     connections_refused: [AtomicU64; 2],
@@ -226,6 +228,7 @@ impl Metrics {
             },
             connections_total: AtomicU64::new(0),
             connections_current: AtomicU64::new(0),
+            connections_closing: AtomicU64::new(0),
             connections_closed: [const { AtomicU64::new(0) }; CLOSE_RESULTS.len()],
             connections_refused: [const { AtomicU64::new(0) }; 2],
             positions_stored_total: AtomicU64::new(0),
@@ -315,6 +318,10 @@ impl Metrics {
         self.disk_threshold.store(threshold, Ordering::Relaxed);
     }
 
+    pub fn set_connections_closing(&self, n: usize) {
+        self.connections_closing.store(n as u64, Ordering::Relaxed);
+    }
+
     pub fn set_disk_low(&self, low: bool) {
         self.disk_low.store(u64::from(low), Ordering::Relaxed);
     }
@@ -393,6 +400,12 @@ impl Metrics {
                 "gauge",
                 "Tracker connections open now.",
                 load(&self.connections_current),
+            ),
+            (
+                "gt06_connections_closing",
+                "gauge",
+                "Ended tracker connections whose sockets wait to be closed.",
+                load(&self.connections_closing),
             ),
             (
                 "gt06_positions_stored_total",

@@ -1,0 +1,283 @@
+//! Closing ended tracker connections in the background.
+//!
+//! Closing a TCP socket is not free: the kernel sends the FIN and, on the same call,
+//! walks the other end's state machine where it can (on loopback, the peer's whole
+//! TIME_WAIT set-up), tens of microseconds per connection. When thousands of devices
+//! hang up in the same second (a cell network's outage, the end of a load test), doing
+//! that inline on the runtime threads delayed the answers of every device still talking
+//! by hundreds of milliseconds. Sessions therefore hand their socket, with its place
+//! under the connection caps, to one thread that runs only when the CPU has nothing
+//! better to do (`SCHED_IDLE`), and so the work lands after the storm.
+//!
+//! A socket waiting here still counts against the caps: its descriptor is still open.
+//! So that waiting does not refuse devices, the accept loop closes every queued socket
+//! at once when a cap would refuse, and asks again ([`admit`]).
+//!
+//! This room never reads or writes a socket, only closes them, and never makes a
+//! session wait: a session that finds the queue's lock taken closes its socket itself.
+
+use super::limits::{ConnLimits, Refusal, Slot};
+use crate::ops::metrics::METRICS;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::net::TcpStream;
+
+/// A connection that has ended, and its place under the caps (given back once the
+/// descriptor is closed).
+type Ended = (TcpStream, Slot);
+
+#[derive(Default)]
+struct Queue {
+    sockets: Mutex<VecDeque<Ended>>,
+    more: Condvar,
+}
+
+/// Where sessions leave their sockets to be closed.
+#[derive(Clone)]
+pub struct Closer {
+    queue: Arc<Queue>,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The closing thread takes from the queue.
+    Background,
+    /// No thread could be started: sockets are closed where they end.
+    Inline,
+    /// Nothing takes from the queue but [`Closer::close_now`] (tests).
+    #[cfg(test)]
+    Held,
+}
+
+impl Closer {
+    /// Starts the closing thread. If the thread cannot be started, sockets are closed
+    /// where they end, as before this room existed.
+    pub fn spawn() -> Closer {
+        let queue = Arc::new(Queue::default());
+        let q = queue.clone();
+        let started = std::thread::Builder::new()
+            .name("gt06-closer".into())
+            .spawn(move || {
+                lower_priority();
+                closing_loop(&q)
+            });
+        match started {
+            Ok(_) => Closer {
+                queue,
+                mode: Mode::Background,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "closer thread not started; connections are closed where they end");
+                Closer {
+                    queue,
+                    mode: Mode::Inline,
+                }
+            }
+        }
+    }
+
+    /// A closer with no thread: sockets wait until [`Closer::close_now`].
+    #[cfg(test)]
+    pub(crate) fn held() -> Closer {
+        Closer {
+            queue: Arc::new(Queue::default()),
+            mode: Mode::Held,
+        }
+    }
+
+    /// Takes an ended connection's socket and slot; both are let go later.
+    pub fn close(&self, sock: TcpStream, slot: Slot) {
+        if self.mode == Mode::Inline {
+            drop(sock);
+            drop(slot);
+            return;
+        }
+        // A runtime thread never waits for this lock: the thread that also takes it runs
+        // at idle priority, and if it was preempted holding it, waiting would hand the
+        // session's thread that priority. Taken (rarely), the socket is closed here.
+        let mut q = match self.queue.sockets.try_lock() {
+            Ok(q) => q,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                drop(sock);
+                drop(slot);
+                return;
+            }
+        };
+        let was_empty = q.is_empty();
+        q.push_back((sock, slot));
+        METRICS.set_connections_closing(q.len());
+        drop(q);
+        // The thread waits only on an empty queue: waking it for every socket of a storm
+        // cost a futex call each.
+        if was_empty {
+            self.queue.more.notify_one();
+        }
+    }
+
+    /// Closes every waiting socket now, on the caller's thread; how many there were.
+    /// (The one the closing thread may be closing at that moment is not among them.)
+    pub fn close_now(&self) -> usize {
+        let taken = {
+            let mut q = self.queue.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            METRICS.set_connections_closing(0);
+            std::mem::take(&mut *q)
+        };
+        let n = taken.len();
+        // Socket first, then its slot: the slot is the promise that a descriptor is free.
+        for (sock, slot) in taken {
+            drop(sock);
+            drop(slot);
+        }
+        n
+    }
+
+    /// Sockets waiting to be closed.
+    pub fn waiting(&self) -> usize {
+        self.queue
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+/// A place under the caps for a connection from `ip`. Sockets of ended connections that
+/// still wait here hold places too; rather than refuse a device for them, they are
+/// closed now and the caps asked again.
+pub fn admit(limits: &Arc<ConnLimits>, closer: &Closer, ip: IpAddr) -> Result<Slot, Refusal> {
+    match limits.admit(ip) {
+        Err(_) if closer.close_now() > 0 => limits.admit(ip),
+        admitted => admitted,
+    }
+}
+
+fn closing_loop(queue: &Queue) {
+    loop {
+        let ended = {
+            let mut q = queue.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(e) = q.pop_front() {
+                    METRICS.set_connections_closing(q.len());
+                    break e;
+                }
+                q = queue.more.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        // One at a time, the lock not held while closing: what is still queued stays
+        // within reach of `close_now`.
+        let (sock, slot) = ended;
+        drop(sock);
+        drop(slot);
+    }
+}
+
+/// Runs this thread only when no other thread wants the CPU. If the scheduler class
+/// cannot be had (some containers refuse it), the lowest nice value is the next best:
+/// a small share under load instead of none.
+fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler with pid 0 changes only the calling thread; the struct
+    // is read, not kept.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        return;
+    }
+    // SAFETY: gettid has no arguments; setpriority on a thread id changes only it.
+    let tid = unsafe { libc::gettid() };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "closer thread keeps the default priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{ErrorKind, Read};
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// A connection: the server's end as a session holds it, the device's as a plain
+    /// blocking socket.
+    fn connection(rt: &tokio::runtime::Runtime) -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind((LOCAL, 0)).unwrap();
+        let device = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = rt.block_on(async { TcpStream::from_std(server) }).unwrap();
+        (server, device)
+    }
+
+    /// What the device reads within `wait`: Some(true) the end of the stream,
+    /// Some(false) bytes, None nothing yet.
+    fn device_sees_end(device: &mut std::net::TcpStream, wait: Duration) -> Option<bool> {
+        device.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 16];
+        match device.read(&mut b) {
+            Ok(n) => Some(n == 0),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("device read failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_closing_thread_ends_the_connection_and_then_gives_its_place_back() {
+        let rt = runtime();
+        let limits = ConnLimits::new(1, 0);
+        let closer = Closer::spawn();
+        let (server, mut device) = connection(&rt);
+        closer.close(server, limits.admit(LOCAL).unwrap());
+        assert_eq!(
+            device_sees_end(&mut device, Duration::from_secs(5)),
+            Some(true),
+            "the device never saw the connection end"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while limits.open() > 0 {
+            assert!(Instant::now() < deadline, "the place was never given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(closer.waiting(), 0);
+    }
+
+    #[test]
+    fn a_full_cap_closes_the_waiting_sockets_instead_of_refusing() {
+        let rt = runtime();
+        let limits = ConnLimits::new(2, 0);
+        let closer = Closer::held();
+        let mut devices = Vec::new();
+        for _ in 0..2 {
+            let (server, device) = connection(&rt);
+            closer.close(server, admit(&limits, &closer, LOCAL).unwrap());
+            devices.push(device);
+        }
+        // Waiting sockets are open and hold their places.
+        assert_eq!(closer.waiting(), 2);
+        assert_eq!(limits.open(), 2);
+        for d in &mut devices {
+            assert_eq!(device_sees_end(d, Duration::from_millis(50)), None);
+        }
+        assert_eq!(limits.admit(LOCAL).err(), Some(Refusal::Global));
+        // The next device gets a place: the waiting ones are closed for it.
+        let slot = admit(&limits, &closer, LOCAL).expect("refused for sockets nobody uses");
+        assert_eq!(closer.waiting(), 0);
+        assert_eq!(limits.open(), 1);
+        for d in &mut devices {
+            assert_eq!(device_sees_end(d, Duration::from_secs(5)), Some(true));
+        }
+        // With nothing waiting, a full cap still refuses.
+        let _second = admit(&limits, &closer, LOCAL).unwrap();
+        assert_eq!(admit(&limits, &closer, LOCAL).err(), Some(Refusal::Global));
+        drop(slot);
+    }
+}
