@@ -10,8 +10,8 @@
 //! better to do (`SCHED_IDLE`), and so the work lands after the storm.
 //!
 //! A socket waiting here still counts against the caps: its descriptor is still open.
-//! So that waiting does not refuse devices, the accept loop closes every queued socket
-//! at once when a cap would refuse, and asks again ([`admit`]).
+//! So that waiting does not refuse devices, the accept loop closes the oldest queued
+//! sockets, a few hundred at a time, when a cap would refuse, and asks again ([`admit`]).
 //!
 //! This room never reads or writes a socket, only closes them, and never makes a
 //! session wait: a session that finds the queue's lock taken closes its socket itself.
@@ -120,10 +120,17 @@ impl Closer {
     /// Closes every waiting socket now, on the caller's thread; how many there were.
     /// (The one the closing thread may be closing at that moment is not among them.)
     pub fn close_now(&self) -> usize {
-        let taken = {
+        self.close_oldest(usize::MAX)
+    }
+
+    /// Closes up to `max` of the longest-waiting sockets now, on the caller's thread.
+    fn close_oldest(&self, max: usize) -> usize {
+        let taken: Vec<Ended> = {
             let mut q = self.queue.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            METRICS.set_connections_closing(0);
-            std::mem::take(&mut *q)
+            let n = q.len().min(max);
+            let taken = q.drain(..n).collect();
+            METRICS.set_connections_closing(q.len());
+            taken
         };
         let n = taken.len();
         // Socket first, then its slot: the slot is the promise that a descriptor is free.
@@ -144,13 +151,21 @@ impl Closer {
     }
 }
 
+/// Sockets the accept loop closes at a time when a cap would refuse: a few hundred
+/// closes (~10 ms) make room for as many devices, without stalling the accept loop for
+/// the whole queue after a mass hang-up (~50 µs a socket).
+const CLOSE_FOR_ROOM: usize = 256;
+
 /// A place under the caps for a connection from `ip`. Sockets of ended connections that
-/// still wait here hold places too; rather than refuse a device for them, they are
-/// closed now and the caps asked again.
+/// still wait here hold places too; rather than refuse a device for them, the oldest are
+/// closed now and the caps asked again, until the device fits or nothing waits.
 pub fn admit(limits: &Arc<ConnLimits>, closer: &Closer, ip: IpAddr) -> Result<Slot, Refusal> {
-    match limits.admit(ip) {
-        Err(_) if closer.close_now() > 0 => limits.admit(ip),
-        admitted => admitted,
+    loop {
+        match limits.admit(ip) {
+            Err(refusal) if closer.close_oldest(CLOSE_FOR_ROOM) == 0 => return Err(refusal),
+            Err(_) => continue,
+            admitted => return admitted,
+        }
     }
 }
 
@@ -248,6 +263,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(closer.waiting(), 0);
+    }
+
+    #[test]
+    fn room_is_made_a_few_hundred_sockets_at_a_time() {
+        let rt = runtime();
+        let n = CLOSE_FOR_ROOM + 10;
+        let limits = ConnLimits::new(n, 0);
+        let closer = Closer::held();
+        let mut devices = Vec::new();
+        for _ in 0..n {
+            let (server, device) = connection(&rt);
+            closer.close(server, limits.admit(LOCAL).unwrap());
+            devices.push(device);
+        }
+        let _slot = admit(&limits, &closer, LOCAL).unwrap();
+        assert_eq!(closer.waiting(), 10);
+        assert_eq!(limits.open(), 11);
+        // The oldest went first.
+        assert_eq!(
+            device_sees_end(&mut devices[0], Duration::from_secs(5)),
+            Some(true)
+        );
+        assert_eq!(
+            device_sees_end(&mut devices[n - 1], Duration::from_millis(50)),
+            None
+        );
     }
 
     #[test]
