@@ -182,7 +182,7 @@ fn closing_loop(queue: &Queue) {
             }
         };
         // One at a time, the lock not held while closing: what is still queued stays
-        // within reach of `close_now`.
+        // within reach of the accept loop (`admit`) and of `close_now`.
         let (sock, slot) = ended;
         drop(sock);
         drop(slot);
