@@ -90,9 +90,7 @@ impl Closer {
     /// Takes an ended connection's socket and slot; both are let go later.
     pub fn close(&self, sock: TcpStream, slot: Slot) {
         if self.mode == Mode::Inline {
-            drop(sock);
-            drop(slot);
-            return;
+            return end((sock, slot));
         }
         // A runtime thread never waits for this lock: the thread that also takes it runs
         // at idle priority, and if it was preempted holding it, waiting would hand the
@@ -100,11 +98,7 @@ impl Closer {
         let mut q = match self.queue.sockets.try_lock() {
             Ok(q) => q,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                drop(sock);
-                drop(slot);
-                return;
-            }
+            Err(std::sync::TryLockError::WouldBlock) => return end((sock, slot)),
         };
         let was_empty = q.is_empty();
         q.push_back((sock, slot));
@@ -133,16 +127,13 @@ impl Closer {
             taken
         };
         let n = taken.len();
-        // Socket first, then its slot: the slot is the promise that a descriptor is free.
-        for (sock, slot) in taken {
-            drop(sock);
-            drop(slot);
-        }
+        taken.into_iter().for_each(end);
         n
     }
 
-    /// Sockets waiting to be closed.
-    pub fn waiting(&self) -> usize {
+    /// Sockets waiting to be closed (`/metrics` shows the same, without the lock).
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
         self.queue
             .sockets
             .lock()
@@ -183,10 +174,15 @@ fn closing_loop(queue: &Queue) {
         };
         // One at a time, the lock not held while closing: what is still queued stays
         // within reach of the accept loop (`admit`) and of `close_now`.
-        let (sock, slot) = ended;
-        drop(sock);
-        drop(slot);
+        end(ended);
     }
+}
+
+/// Closes the socket, then gives its place back: the slot is the promise that a
+/// descriptor is free.
+fn end((sock, slot): Ended) {
+    drop(sock);
+    drop(slot);
 }
 
 /// Runs this thread only when no other thread wants the CPU. If the scheduler class
