@@ -1,9 +1,15 @@
 //! One tracker connection: read, split, decode, record, answer.
 //!
-//! The read half runs the state machine below; a second task owns the write half and
-//! sends each answer once the store says everything before it on this connection is
-//! durable. The two are joined by a bounded queue, so a device that never reads its
-//! answers fills the queue, the reader stops, and TCP pushes back on the device.
+//! One task per connection reads frames, hands their operations to the store writer and
+//! writes each answer once the store says everything before it on this connection is
+//! durable. Answers wait in a bounded outbox; while it is full (the store is behind, or
+//! the device does not read its answers) the session reads nothing, and TCP pushes back
+//! on the device. An answer whose data is already durable (a heartbeat, mostly) goes out
+//! in the same wake-up as the frame that asked for it: under a fleet's load, a second
+//! task per connection put a trip through the runtime's queue between the two.
+//!
+//! This room never blocks a runtime thread, never answers before the store's promise
+//! holds, and never closes a socket itself (the closer does, off the runtime).
 
 use super::device_time::{OffsetDetector, TimeSetting};
 use super::limits::Slot;
@@ -11,28 +17,34 @@ use super::{IngestCtx, Online};
 use crate::ops::metrics::{FrameResult, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
 use crate::store::{
-    refused_when_low, Durability, EventRecord, LbsRecord, Op, PositionRecord, StatusRecord,
-    StoreError, WriteReq, REQ_OPS_MAX,
+    refused_when_low, Durability, DurableState, EventRecord, LbsRecord, Op, PositionRecord,
+    StatusRecord, StoreError, WriteReq, REQ_OPS_MAX,
 };
 use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Bytes of junk tolerated without a single frame before we decide this is not a tracker.
 const MAX_JUNK_RUN: usize = 4096;
-/// Answers queued for the write half; small, because each one is ten bytes and a device
-/// that stops reading should be pushed back on quickly.
+/// Runs of answers (one per store request, so about one per read) waiting for their data
+/// to be durable, past which the session stops reading.
 const OUT_QUEUE: usize = 256;
+/// Bytes of answers not yet taken by the socket, past which the session stops reading:
+/// each answer is ten to twenty bytes, and a device that stops reading should be pushed
+/// back on quickly.
+const UNSENT_MAX: usize = 64 * 1024;
+/// An outbox buffer larger than this is given back once empty, not kept for the next
+/// answer: an idle connection should hold next to nothing.
+const OUTBOX_KEEP: usize = 1024;
 /// Most store operations one message turns into (an alarm with a position and
 /// dash-cam files: status, two events, the position). A request is sent before
 /// pending operations could pass `REQ_OPS_MAX` with one more message.
@@ -44,10 +56,6 @@ const READ_BUF: usize = 512;
 /// this: a device uploading its backlog (or a load generator) is then read in a few
 /// syscalls rather than one per dozen frames, while a 1 Hz tracker still reads 512.
 const READ_BUF_MAX: usize = 16 * 1024;
-/// Most bytes of answers written in one syscall. The answers already durable when the
-/// write half wakes go out together: one `write` per group commit per connection, not
-/// one per location frame.
-const WRITE_BATCH: usize = 8 * 1024;
 /// A fix this far ahead of the server's clock is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 /// Receipt times of positions are kept to a tenth of a second. What they are for (the
@@ -77,8 +85,8 @@ pub enum SessionError {
     Read(std::io::Error),
     #[error("store refused the write: {0}")]
     Store(StoreError),
-    #[error("answer queue closed")]
-    Writer,
+    #[error("answer not delivered: {0}")]
+    Undelivered(std::io::Error),
 }
 
 impl SessionError {
@@ -93,7 +101,7 @@ impl SessionError {
             SessionError::Junk(_) => "junk",
             SessionError::Read(_) => "read_error",
             SessionError::Store(e) => e.reason(),
-            SessionError::Writer => "writer_gone",
+            SessionError::Undelivered(_) => "answer_failed",
         }
     }
 }
@@ -101,12 +109,6 @@ impl SessionError {
 enum SessionState {
     Anonymous,
     LoggedIn { imei: Imei },
-}
-
-/// An answer and the sequence number that must be durable before it may go out.
-struct Outgoing {
-    bytes: Vec<u8>,
-    wait_for: u64,
 }
 
 /// The sequence numbers of a connection's requests to the store, and which one an answer
@@ -163,7 +165,6 @@ struct Warned {
 struct Session {
     ctx: Arc<IngestCtx>,
     state: SessionState,
-    durable: Arc<Durability>,
     /// Which request an answer waits for.
     seqs: Sequence,
     /// Operations of the frames handled since the last request: sent as one request
@@ -173,13 +174,7 @@ struct Session {
     /// frame is 26 bytes or more): growing by doubling copied a full read's operations
     /// about twice over. An idle connection holds no room at all.
     ops_hint: usize,
-    /// Bytes the last batch of answers took: the next one gets that room at once.
-    answers_hint: usize,
-    out: mpsc::Sender<Outgoing>,
-    /// Answers to this read's frames that wait for the same request, gathered into one
-    /// queue item (one per read under load, not one per location frame); queued at the
-    /// end of the read or when the next answer waits for another request.
-    answers: Option<Outgoing>,
+    outbox: Outbox,
     warned: Warned,
     online: Online,
     /// How this device's fix times are read (set at login).
@@ -195,7 +190,7 @@ struct Session {
 
 /// Runs one connection to its end. Errors are logged here, once; nothing is returned.
 pub async fn run(
-    sock: TcpStream,
+    mut sock: TcpStream,
     peer: SocketAddr,
     slot: Slot,
     ctx: Arc<IngestCtx>,
@@ -204,74 +199,51 @@ pub async fn run(
     let span = tracing::info_span!("session", %peer, imei = tracing::field::Empty);
     async move {
         let _counted = METRICS.connection();
-        let (mut rd, wr) = sock.into_split();
-        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-        let durable = Arc::new(Durability::default());
-        let stop = cancel.child_token();
-        let writer = tokio::spawn(
-            write_answers(wr, out_rx, durable.clone(), ctx.write_timeout, stop.clone())
-                .in_current_span(),
-        );
         let mut s = Session {
             online: ctx.online.clone(),
+            outbox: Outbox::new(ctx.write_timeout),
             ctx,
             state: SessionState::Anonymous,
-            durable,
             seqs: Sequence::default(),
             pending: Vec::new(),
             ops_hint: 0,
-            answers_hint: 0,
-            out: out_tx,
-            answers: None,
             warned: Warned::default(),
             time_setting: TimeSetting::default(),
             decode_ctx: DecodeCtx::default(),
             login_tz_min: None,
             detector: OffsetDetector::default(),
         };
-        let read = s.read_loop(&mut rd, &stop).await;
-        // Whatever ended the reading, the frames read before it are stored and answered.
-        let read = match (read, s.flush().await) {
+        let read = s.read_loop(&mut sock, &cancel).await;
+        // Whatever ended the reading, the frames read before it are stored and answered
+        // (the device may still be reading), within the write timeout.
+        let flushed = s.flush().await;
+        let result = match (read, flushed) {
             (Ok(()), Err(e)) => Err(e),
             (read, _) => read,
         };
-        let read = match (read, s.queue_answers().await) {
+        let result = match (result, s.outbox.drain(&sock).await) {
             (Ok(()), Err(e)) => Err(e),
-            (read, _) => read,
+            (result, _) => result,
         };
         if let SessionState::LoggedIn { imei } = s.state {
             s.online.leave(imei.as_u64());
         }
-        // Let queued answers go out (the device may still be reading), then end.
-        let closer = s.ctx.closer.clone();
-        drop(s);
-        let write = match writer.await {
-            Ok((result, wr)) => {
-                // The socket is closed (FIN sent) later, off this thread: see `closer`.
-                if let Ok(sock) = rd.reunite(wr) {
-                    closer.close(sock, slot);
-                }
-                result
-            }
-            Err(_) => Ok(()),
-        };
-        // One line per connection: when the write half ended it (the reader then only
-        // sees a closed queue or the stop), its reason is the cause.
-        let result = match (read, write) {
-            (Ok(()) | Err(SessionError::Writer), Err(e)) => Err(e),
-            (read, _) => read,
-        };
+        // The socket is closed (FIN sent) later, off this thread: see `closer`.
+        s.ctx.closer.close(sock, slot);
         match result {
             Ok(()) => {
                 let why = if cancel.is_cancelled() {
                     "shutdown"
-                } else if stop.is_cancelled() {
-                    "answer_failed"
                 } else {
                     "device_closed"
                 };
                 METRICS.connection_closed(why);
                 tracing::debug!(reason = why, "connection closed")
+            }
+            Err(e @ SessionError::Undelivered(_)) => {
+                // The device went away with answers on their way: its choice, not news.
+                METRICS.connection_closed(e.reason());
+                tracing::debug!(reason = e.reason(), error = %e, "connection closed")
             }
             Err(e @ SessionError::NotDurable(_)) => {
                 METRICS.connection_closed("answer_failed");
@@ -290,7 +262,7 @@ pub async fn run(
 impl Session {
     async fn read_loop(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        sock: &mut TcpStream,
         stop: &CancellationToken,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.split.max_frame * 2;
@@ -320,14 +292,34 @@ impl Session {
                     deadline = (frame, SessionError::FrameTimeout(self.ctx.frame_timeout));
                 }
             }
-            // Bytes already waiting win over a deadline that passed while this session was
-            // held up by the store (back-pressure): only the device's own silence counts.
-            // Waiting for readability first means a silent connection holds no buffer.
-            tokio::select! {
+            // While the outbox is full the session reads nothing (back-pressure) and the
+            // device's deadlines do not run: only its own silence counts, and bytes
+            // already waiting win over a deadline that passed meanwhile. Waiting for
+            // readability first means a silent connection holds no buffer.
+            let reading = !self.outbox.is_full();
+            let waits = self.outbox.waits();
+            let unsent = self.outbox.has_unsent();
+            let write_deadline = self.outbox.write_deadline();
+            let readable = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
-                r = rd.readable() => r.map_err(SessionError::Read)?,
-                _ = tokio::time::sleep_until(deadline.0) => return Err(deadline.1),
+                _ = self.outbox.state.changed(), if waits => false,
+                r = sock.writable(), if unsent => {
+                    r.map_err(SessionError::Undelivered)?;
+                    false
+                }
+                r = sock.readable(), if reading => {
+                    r.map_err(SessionError::Read)?;
+                    true
+                }
+                _ = tokio::time::sleep_until(deadline.0), if reading => return Err(deadline.1),
+                _ = sleep_until_some(write_deadline), if write_deadline.is_some() => {
+                    return Err(SessionError::WriteTimeout(self.outbox.write_timeout))
+                }
+            };
+            if !readable {
+                self.outbox.pump(sock)?;
+                continue;
             }
             if buf.capacity() - buf.len() < room / 2 {
                 buf.reserve(room);
@@ -339,7 +331,7 @@ impl Session {
             // second one that returned WouldBlock (two `recvfrom` per fix at 1 Hz).
             let polled = std::future::poll_fn(|cx| {
                 Poll::Ready(tokio_util::io::poll_read_buf(
-                    Pin::new(&mut *rd),
+                    Pin::new(&mut *sock),
                     cx,
                     &mut buf,
                 ))
@@ -412,7 +404,7 @@ impl Session {
             // One request to the store for everything this read held, before waiting for
             // the device again (its answers wait for this request).
             self.flush().await?;
-            self.queue_answers().await?;
+            self.outbox.pump(sock)?;
             if buf.len() > cap {
                 return Err(SessionError::Junk(buf.len()));
             }
@@ -530,42 +522,11 @@ impl Session {
         }
         if !withheld {
             let wait_for = self.seqs.answer_waits_for();
-            if self
-                .answers
-                .as_ref()
-                .is_some_and(|a| a.wait_for != wait_for || a.bytes.len() >= WRITE_BATCH)
-            {
-                self.queue_answers().await?;
-            }
-            let room = self.answers_hint;
-            let a = self.answers.get_or_insert_with(|| Outgoing {
-                bytes: Vec::with_capacity(room),
-                wait_for,
+            self.outbox.answer(wait_for, |out| {
+                protocol::reply_into(&msg, &frame, now, out);
             });
-            protocol::reply_into(&msg, &frame, now, &mut a.bytes);
-            if a.bytes.is_empty() {
-                self.answers = None;
-            }
         }
         Ok(())
-    }
-
-    /// Queues the gathered answers for the write half.
-    async fn queue_answers(&mut self) -> Result<(), SessionError> {
-        let Some(item) = self.answers.take() else {
-            return Ok(());
-        };
-        self.answers_hint = item.bytes.len().min(WRITE_BATCH + 64);
-        match self.out.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                // The answer queue waits on the store: send what it waits for before
-                // waiting for room in it.
-                self.flush().await?;
-                self.out.send(item).await.map_err(|_| SessionError::Writer)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Writer),
-        }
     }
 
     /// Minutes to take off this message's fix time to get UTC, under the device's time
@@ -624,11 +585,11 @@ impl Session {
             .iter()
             .filter(|op| matches!(op, Op::Position { .. }))
             .count();
-        let req = WriteReq::new(ops, Some((self.durable.clone(), seq)));
+        let req = WriteReq::new(ops, Some((self.outbox.durable.clone(), seq)));
         if let Err(e) = self.ctx.writer.send(req).await {
             // Answers already queued wait for this request: they must not go out, nor
             // wait for ever.
-            self.durable.fail(e.reason());
+            self.outbox.durable.fail(e.reason());
             return Err(SessionError::Store(e));
         }
         if positions > 0 {
@@ -832,89 +793,161 @@ fn status_record(st: &protocol::Status, now: i64) -> StatusRecord {
     }
 }
 
-/// The write half: answers in order, each after its data is durable. Returns why it
-/// stopped early (the session logs it) and the write half, so that the whole socket is
-/// closed in one place, by the closer.
-async fn write_answers(
-    mut wr: OwnedWriteHalf,
-    rx: mpsc::Receiver<Outgoing>,
+/// Answers on their way to the device, in the order their frames came: written, then
+/// free to go but not yet taken by the socket, then waiting for the store request they
+/// acknowledge to be durable (the store's promise: an answer never goes out before what
+/// preceded it on the connection is on disk).
+struct Outbox {
     durable: Arc<Durability>,
+    state: watch::Receiver<DurableState>,
+    /// `bytes[..sent]` is written, `bytes[sent..ready]` may go out, the rest waits.
+    bytes: Vec<u8>,
+    sent: usize,
+    ready: usize,
+    /// Where each waiting run of answers ends in `bytes` and the request it waits for;
+    /// both grow from front to back (see [`Sequence::answer_waits_for`]).
+    marks: VecDeque<(usize, u64)>,
+    /// Since when answers free to go have waited for the socket to take them.
+    blocked_since: Option<Instant>,
     write_timeout: Duration,
-    stop: CancellationToken,
-) -> (Result<(), SessionError>, OwnedWriteHalf) {
-    let result = send_answers(&mut wr, rx, durable, write_timeout, stop).await;
-    (result, wr)
 }
 
-async fn send_answers(
-    wr: &mut OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outgoing>,
-    durable: Arc<Durability>,
-    write_timeout: Duration,
-    stop: CancellationToken,
-) -> Result<(), SessionError> {
-    let mut state = durable.subscribe();
-    let mut batch: Vec<u8> = Vec::new();
-    // An answer taken from the queue that was not yet durable when the batch before it
-    // went out; it heads the next batch.
-    let mut next: Option<Outgoing> = None;
-    loop {
-        let out = match next.take() {
-            Some(out) => out,
-            None => match rx.recv().await {
-                Some(out) => out,
-                None => break,
-            },
-        };
-        let durable_seq = if out.wait_for > 0 {
-            let ready = state
-                .wait_for(|s| s.seq >= out.wait_for || s.failed.is_some())
-                .await
-                .map(|s| (s.seq, s.failed));
-            match ready {
-                Ok((seq, None)) => seq,
-                Ok((_, Some(reason))) => {
-                    // Not durable: saying "got it" would be a lie the device acts on.
-                    // Closing makes it reconnect and send again.
-                    stop.cancel();
-                    return Err(SessionError::NotDurable(reason));
-                }
-                Err(_) => return Ok(()),
-            }
-        } else {
-            state.borrow().seq
-        };
-        // Answers are queued in order with growing `wait_for`: every queued one whose
-        // data is already durable may go out in this same write.
-        batch.clear();
-        batch.extend_from_slice(&out.bytes);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) if more.wait_for <= durable_seq => batch.extend_from_slice(&more.bytes),
-                Ok(more) => {
-                    next = Some(more);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "answer not delivered");
-                stop.cancel();
-                return Ok(());
-            }
-            Err(_) => {
-                stop.cancel();
-                return Err(SessionError::WriteTimeout(write_timeout));
-            }
-        }
-        if batch.capacity() > WRITE_BATCH * 2 {
-            batch = Vec::new();
+impl Outbox {
+    fn new(write_timeout: Duration) -> Outbox {
+        let durable = Arc::new(Durability::default());
+        Outbox {
+            state: durable.subscribe(),
+            durable,
+            bytes: Vec::new(),
+            sent: 0,
+            ready: 0,
+            marks: VecDeque::new(),
+            blocked_since: None,
+            write_timeout,
         }
     }
-    Ok(())
+
+    /// Appends what `write` appends, to go out once request `wait_for` is durable (0:
+    /// at once).
+    fn answer(&mut self, wait_for: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.bytes.len();
+        write(&mut self.bytes);
+        let end = self.bytes.len();
+        if end == start {
+            return;
+        }
+        match self.marks.back_mut() {
+            Some((last_end, last_wait)) if *last_wait == wait_for => *last_end = end,
+            _ => self.marks.push_back((end, wait_for)),
+        }
+    }
+
+    /// Answers wait for the store.
+    fn waits(&self) -> bool {
+        !self.marks.is_empty()
+    }
+
+    /// Answers free to go wait for the socket.
+    fn has_unsent(&self) -> bool {
+        self.sent < self.ready
+    }
+
+    /// Reading more would only pile up answers.
+    fn is_full(&self) -> bool {
+        self.marks.len() >= OUT_QUEUE || self.bytes.len() - self.sent >= UNSENT_MAX
+    }
+
+    /// When the device will have failed to take its answers for too long.
+    fn write_deadline(&self) -> Option<Instant> {
+        self.blocked_since.map(|t| t + self.write_timeout)
+    }
+
+    /// Frees the answers whose data is durable and writes what the socket takes without
+    /// waiting. Fails when the device cannot be written to, or when what an answer
+    /// acknowledges will never be durable: saying "got it" then would be a lie the
+    /// device acts on, and closing makes it reconnect and send again.
+    fn pump(&mut self, sock: &TcpStream) -> Result<(), SessionError> {
+        let (seq, failed) = {
+            let s = self.state.borrow_and_update();
+            (s.seq, s.failed)
+        };
+        while let Some(&(end, wait_for)) = self.marks.front() {
+            if wait_for > seq {
+                break;
+            }
+            self.ready = end;
+            self.marks.pop_front();
+        }
+        while self.sent < self.ready {
+            match sock.try_write(&self.bytes[self.sent..self.ready]) {
+                Ok(0) => {
+                    let zero = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Err(SessionError::Undelivered(zero));
+                }
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+                Err(e) => return Err(SessionError::Undelivered(e)),
+            }
+        }
+        if self.sent == self.ready {
+            self.blocked_since = None;
+        }
+        if self.sent == self.bytes.len() {
+            self.sent = 0;
+            self.ready = 0;
+            if self.bytes.capacity() > OUTBOX_KEEP {
+                self.bytes = Vec::new();
+            } else {
+                self.bytes.clear();
+            }
+        } else if self.sent >= OUTBOX_KEEP {
+            // Written bytes are dropped from the front now and then, not on every write.
+            let sent = self.sent;
+            self.bytes.drain(..sent);
+            self.ready -= sent;
+            self.sent = 0;
+            for (end, _) in &mut self.marks {
+                *end -= sent;
+            }
+        }
+        match failed {
+            Some(reason) if self.waits() => Err(SessionError::NotDurable(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends everything still queued once reading has ended (the device may still be
+    /// reading): waits for the store as long as it takes (it commits or fails within
+    /// its flush interval), for the socket no longer than the write timeout.
+    async fn drain(&mut self, sock: &TcpStream) -> Result<(), SessionError> {
+        loop {
+            self.pump(sock)?;
+            if self.sent == self.bytes.len() {
+                return Ok(());
+            }
+            let waits = self.waits();
+            let unsent = self.has_unsent();
+            let write_deadline = self.write_deadline();
+            tokio::select! {
+                _ = self.state.changed(), if waits => {}
+                r = sock.writable(), if unsent => r.map_err(SessionError::Undelivered)?,
+                _ = sleep_until_some(write_deadline), if write_deadline.is_some() => {
+                    return Err(SessionError::WriteTimeout(self.write_timeout))
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -1098,5 +1131,155 @@ mod tests {
             media_files: Some("a.mp4".into()),
         });
         assert_eq!(ops_of(&msg).len(), MESSAGE_OPS_MAX);
+    }
+
+    /// A connection: the server's end as a session holds it, the device's as a plain
+    /// blocking socket that gives up reading after 200 ms.
+    fn connection(rt: &tokio::runtime::Runtime) -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let device = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        device
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = rt.block_on(async { TcpStream::from_std(server) }).unwrap();
+        (server, device)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Everything the device can read now.
+    fn received(device: &mut std::net::TcpStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            match device.read(&mut b) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(_) => return got,
+            }
+        }
+    }
+
+    /// One pump, once the runtime has seen the socket writable (as a session's has: it
+    /// has read from it): tokio knows nothing of a fresh socket's readiness until then.
+    fn pump(
+        rt: &tokio::runtime::Runtime,
+        out: &mut Outbox,
+        server: &TcpStream,
+    ) -> Result<(), SessionError> {
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_millis(100), server.writable()).await;
+            out.pump(server)
+        })
+    }
+
+    #[test]
+    fn outbox_answers_go_out_in_order_and_only_once_their_request_is_durable() {
+        let rt = runtime();
+        let (server, mut device) = connection(&rt);
+        let _guard = rt.enter();
+        let mut out = Outbox::new(Duration::from_secs(1));
+        out.answer(0, |b| b.extend_from_slice(b"hb0"));
+        out.answer(1, |b| b.extend_from_slice(b"pos1"));
+        out.answer(1, |b| b.extend_from_slice(b"+"));
+        out.answer(2, |b| b.extend_from_slice(b"pos2"));
+        // A message with no answer adds nothing to wait for.
+        out.answer(3, |_| {});
+        assert_eq!(out.marks.len(), 3, "equal waits share one run");
+        pump(&rt, &mut out, &server).unwrap();
+        assert_eq!(received(&mut device), b"hb0");
+        assert!(out.waits());
+        out.durable.mark(1);
+        pump(&rt, &mut out, &server).unwrap();
+        assert_eq!(received(&mut device), b"pos1+");
+        out.durable.mark(2);
+        pump(&rt, &mut out, &server).unwrap();
+        assert_eq!(received(&mut device), b"pos2");
+        assert!(!out.waits() && !out.has_unsent());
+        assert!(out.bytes.is_empty(), "an empty outbox keeps no bytes");
+    }
+
+    #[test]
+    fn outbox_never_answers_what_will_not_be_durable_but_sends_what_already_is() {
+        let rt = runtime();
+        let (server, mut device) = connection(&rt);
+        let _guard = rt.enter();
+        let mut out = Outbox::new(Duration::from_secs(1));
+        out.answer(1, |b| b.extend_from_slice(b"durable"));
+        out.answer(2, |b| b.extend_from_slice(b"lost"));
+        out.durable.mark(1);
+        out.durable.fail("disk_full");
+        let err = pump(&rt, &mut out, &server).unwrap_err();
+        assert!(
+            matches!(err, SessionError::NotDurable("disk_full")),
+            "{err}"
+        );
+        assert_eq!(received(&mut device), b"durable");
+    }
+
+    #[test]
+    fn outbox_fills_up_by_runs_and_by_bytes() {
+        let mut out = Outbox::new(Duration::from_secs(1));
+        for seq in 1..OUT_QUEUE as u64 {
+            out.answer(seq, |b| b.push(1));
+        }
+        assert!(!out.is_full());
+        out.answer(OUT_QUEUE as u64, |b| b.push(1));
+        assert!(out.is_full(), "one run per request");
+        let mut out = Outbox::new(Duration::from_secs(1));
+        out.answer(0, |b| b.resize(UNSENT_MAX - 1, 0));
+        assert!(!out.is_full());
+        out.answer(0, |b| b.push(0));
+        assert!(out.is_full(), "bytes the socket has not taken");
+    }
+
+    #[test]
+    fn outbox_drops_written_bytes_from_its_front_without_losing_its_place() {
+        let rt = runtime();
+        let (server, mut device) = connection(&rt);
+        let _guard = rt.enter();
+        let mut out = Outbox::new(Duration::from_secs(1));
+        let first: Vec<u8> = (0..OUTBOX_KEEP as u32 + 500).map(|i| i as u8).collect();
+        out.answer(0, |b| b.extend_from_slice(&first));
+        out.answer(5, |b| b.extend_from_slice(b"tail"));
+        pump(&rt, &mut out, &server).unwrap();
+        assert_eq!(out.bytes, b"tail", "written bytes dropped");
+        assert_eq!(out.marks, [(4, 5)]);
+        out.durable.mark(5);
+        pump(&rt, &mut out, &server).unwrap();
+        let mut want = first;
+        want.extend_from_slice(b"tail");
+        assert_eq!(received(&mut device), want);
+    }
+
+    #[test]
+    fn outbox_counts_the_write_timeout_from_when_the_device_stopped_taking_answers() {
+        let rt = runtime();
+        let (server, device) = connection(&rt);
+        let _guard = rt.enter();
+        let mut out = Outbox::new(Duration::from_secs(3));
+        assert_eq!(out.write_deadline(), None);
+        // The device reads nothing: its receive buffer and our send buffer fill up.
+        let started = Instant::now();
+        for _ in 0..10_000 {
+            out.answer(0, |b| b.resize(b.len() + 4096, 7));
+            pump(&rt, &mut out, &server).unwrap();
+            if out.has_unsent() {
+                break;
+            }
+        }
+        assert!(out.has_unsent(), "the socket took 40 MB");
+        let deadline = out.write_deadline().expect("blocked");
+        assert!(deadline >= started + Duration::from_secs(3));
+        assert!(deadline <= Instant::now() + Duration::from_secs(3));
+        drop(device);
     }
 }

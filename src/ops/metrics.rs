@@ -71,7 +71,7 @@ impl FrameResult {
 /// `gt06_connections_closed_total`: the session's `reason` strings, plus `device_closed`
 /// (the device hung up), `shutdown` and `answer_failed` (an answer could not be written,
 /// or what it acknowledges could not be stored). Anything else counts as `other`.
-pub const CLOSE_RESULTS: [&str; 16] = [
+pub const CLOSE_RESULTS: [&str; 15] = [
     "device_closed",
     "shutdown",
     "answer_failed",
@@ -83,7 +83,6 @@ pub const CLOSE_RESULTS: [&str; 16] = [
     "too_long",
     "junk",
     "read_error",
-    "writer_gone",
     "disk_full",
     "store_io",
     "store_closed",

@@ -95,7 +95,7 @@ impl Durability {
         self.tx.subscribe()
     }
 
-    fn mark(&self, seq: u64) {
+    pub(crate) fn mark(&self, seq: u64) {
         self.tx.send_if_modified(|s| {
             let grew = seq > s.seq;
             s.seq = s.seq.max(seq);
