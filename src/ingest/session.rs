@@ -216,7 +216,7 @@ pub async fn run(
         let read = s.read_loop(&mut sock, &cancel).await;
         // Whatever ended the reading, the frames read before it are stored and answered
         // (the device may still be reading), within the write timeout.
-        let flushed = s.flush().await;
+        let flushed = s.flush(&sock).await;
         let result = match (read, flushed) {
             (Ok(()), Err(e)) => Err(e),
             (read, _) => read,
@@ -365,7 +365,7 @@ impl Session {
                         completed = true;
                         // The frame borrows the read buffer (no copy), so it is
                         // handled before the buffer moves past it.
-                        self.handle(frame, received).await?;
+                        self.handle(frame, received, sock).await?;
                         buf.advance(used.min(buf.len()));
                     }
                     Err(e) => {
@@ -403,7 +403,7 @@ impl Session {
             }
             // One request to the store for everything this read held, before waiting for
             // the device again (its answers wait for this request).
-            self.flush().await?;
+            self.flush(sock).await?;
             self.outbox.pump(sock)?;
             if buf.len() > cap {
                 return Err(SessionError::Junk(buf.len()));
@@ -424,7 +424,12 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, frame: Frame<'_>, now: i64) -> Result<(), SessionError> {
+    async fn handle(
+        &mut self,
+        frame: Frame<'_>,
+        now: i64,
+        sock: &TcpStream,
+    ) -> Result<(), SessionError> {
         let msg = match protocol::decode(&frame, &self.decode_ctx) {
             Ok(m) => m,
             Err(e) => {
@@ -488,7 +493,7 @@ impl Session {
         let low = self.ctx.writer.disk_low();
         let mut withheld = false;
         if self.pending.len() + MESSAGE_OPS_MAX > REQ_OPS_MAX {
-            self.flush().await?;
+            self.flush(sock).await?;
         }
         if self.pending.capacity() == 0 {
             self.pending.reserve(self.ops_hint.max(MESSAGE_OPS_MAX));
@@ -575,7 +580,9 @@ impl Session {
 
     /// Sends the pending operations to the store as one request. Waits while the store's
     /// queue is full: the session then reads nothing, and TCP pushes back on the device.
-    async fn flush(&mut self) -> Result<(), SessionError> {
+    /// Answers that become durable meanwhile still go out: a device whose next frames
+    /// wait for those answers (a heartbeat window) would otherwise stall with the store.
+    async fn flush(&mut self, sock: &TcpStream) -> Result<(), SessionError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -586,7 +593,25 @@ impl Session {
             .filter(|op| matches!(op, Op::Position { .. }))
             .count();
         let req = WriteReq::new(ops, Some((self.outbox.durable.clone(), seq)));
-        if let Err(e) = self.ctx.writer.send(req).await {
+        let outbox = &mut self.outbox;
+        let send = self.ctx.writer.send(req);
+        tokio::pin!(send);
+        // A failed answer does not drop the request: what was read is stored, and the
+        // session ends once the request is in.
+        let mut undelivered = None;
+        let sent = loop {
+            let waits = undelivered.is_none() && outbox.waits();
+            tokio::select! {
+                biased;
+                r = &mut send => break r,
+                _ = outbox.state.changed(), if waits => {
+                    if let Err(e) = outbox.pump(sock) {
+                        undelivered = Some(e);
+                    }
+                }
+            }
+        };
+        if let Err(e) = sent {
             // Answers already queued wait for this request: they must not go out, nor
             // wait for ever.
             self.outbox.durable.fail(e.reason());
@@ -595,7 +620,7 @@ impl Session {
         if positions > 0 {
             METRICS.positions_stored(positions as u64, now_ms());
         }
-        Ok(())
+        undelivered.map_or(Ok(()), Err)
     }
 }
 
