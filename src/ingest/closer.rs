@@ -205,29 +205,12 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::testnet::{connection, runtime};
     use std::io::{ErrorKind, Read};
     use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap()
-    }
-
-    /// A connection: the server's end as a session holds it, the device's as a plain
-    /// blocking socket.
-    fn connection(rt: &tokio::runtime::Runtime) -> (TcpStream, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind((LOCAL, 0)).unwrap();
-        let device = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let server = rt.block_on(async { TcpStream::from_std(server) }).unwrap();
-        (server, device)
-    }
 
     /// What the device reads within `wait`: Some(true) the end of the stream,
     /// Some(false) bytes, None nothing yet.

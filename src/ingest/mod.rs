@@ -14,6 +14,8 @@ pub mod closer;
 pub mod device_time;
 pub mod limits;
 pub mod session;
+#[cfg(test)]
+pub(crate) mod testnet;
 
 use crate::ops::metrics::METRICS;
 use crate::protocol::{Model, SplitOptions};

@@ -1158,25 +1158,13 @@ mod tests {
         assert_eq!(ops_of(&msg).len(), MESSAGE_OPS_MAX);
     }
 
-    /// A connection: the server's end as a session holds it, the device's as a plain
-    /// blocking socket that gives up reading after 200 ms.
+    /// A connection whose device end gives up reading after 200 ms.
     fn connection(rt: &tokio::runtime::Runtime) -> (TcpStream, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let device = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, device) = crate::ingest::testnet::connection(rt);
         device
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let server = rt.block_on(async { TcpStream::from_std(server) }).unwrap();
         (server, device)
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
     }
 
     /// Everything the device can read now.
@@ -1208,7 +1196,7 @@ mod tests {
 
     #[test]
     fn outbox_answers_go_out_in_order_and_only_once_their_request_is_durable() {
-        let rt = runtime();
+        let rt = crate::ingest::testnet::runtime();
         let (server, mut device) = connection(&rt);
         let _guard = rt.enter();
         let mut out = Outbox::new(Duration::from_secs(1));
@@ -1234,7 +1222,7 @@ mod tests {
 
     #[test]
     fn outbox_never_answers_what_will_not_be_durable_but_sends_what_already_is() {
-        let rt = runtime();
+        let rt = crate::ingest::testnet::runtime();
         let (server, mut device) = connection(&rt);
         let _guard = rt.enter();
         let mut out = Outbox::new(Duration::from_secs(1));
@@ -1268,7 +1256,7 @@ mod tests {
 
     #[test]
     fn outbox_drops_written_bytes_from_its_front_without_losing_its_place() {
-        let rt = runtime();
+        let rt = crate::ingest::testnet::runtime();
         let (server, mut device) = connection(&rt);
         let _guard = rt.enter();
         let mut out = Outbox::new(Duration::from_secs(1));
@@ -1287,7 +1275,7 @@ mod tests {
 
     #[test]
     fn outbox_counts_the_write_timeout_from_when_the_device_stopped_taking_answers() {
-        let rt = runtime();
+        let rt = crate::ingest::testnet::runtime();
         let (server, device) = connection(&rt);
         let _guard = rt.enter();
         let mut out = Outbox::new(Duration::from_secs(3));
