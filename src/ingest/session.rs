@@ -18,7 +18,7 @@ use crate::ops::metrics::{FrameResult, METRICS};
 use crate::protocol::{self, DecodeCtx, Frame, FrameError, Imei, Message};
 use crate::store::{
     refused_when_low, Durability, DurableState, EventRecord, LbsRecord, Op, PositionRecord,
-    StatusRecord, StoreError, WriteReq, REQ_OPS_MAX,
+    StatusRecord, StoreError, WriteReq, WriterHandle, REQ_OPS_MAX,
 };
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
@@ -593,24 +593,8 @@ impl Session {
             .filter(|op| matches!(op, Op::Position { .. }))
             .count();
         let req = WriteReq::new(ops, Some((self.outbox.durable.clone(), seq)));
-        let outbox = &mut self.outbox;
-        let send = self.ctx.writer.send(req);
-        tokio::pin!(send);
-        // A failed answer does not drop the request: what was read is stored, and the
-        // session ends once the request is in.
-        let mut undelivered = None;
-        let sent = loop {
-            let waits = undelivered.is_none() && outbox.waits();
-            tokio::select! {
-                biased;
-                r = &mut send => break r,
-                _ = outbox.state.changed(), if waits => {
-                    if let Err(e) = outbox.pump(sock) {
-                        undelivered = Some(e);
-                    }
-                }
-            }
-        };
+        let (sent, undelivered) =
+            send_answering(&self.ctx.writer, &mut self.outbox, sock, req).await;
         if let Err(e) = sent {
             // Answers already queued wait for this request: they must not go out, nor
             // wait for ever.
@@ -621,6 +605,32 @@ impl Session {
             METRICS.positions_stored(positions as u64, now_ms());
         }
         undelivered.map_or(Ok(()), Err)
+    }
+}
+
+/// Hands `req` to the store, sending meanwhile the answers that become durable. A failed
+/// answer does not drop the request: what was read is stored, and the session ends once
+/// the request is in. Returns the store's verdict and the first undelivered answer.
+async fn send_answering(
+    writer: &WriterHandle,
+    outbox: &mut Outbox,
+    sock: &TcpStream,
+    req: WriteReq,
+) -> (Result<(), StoreError>, Option<SessionError>) {
+    let send = writer.send(req);
+    tokio::pin!(send);
+    let mut undelivered = None;
+    loop {
+        let waits = undelivered.is_none() && outbox.waits();
+        tokio::select! {
+            biased;
+            r = &mut send => return (r, undelivered),
+            _ = outbox.state.changed(), if waits => {
+                if let Err(e) = outbox.pump(sock) {
+                    undelivered = Some(e);
+                }
+            }
+        }
     }
 }
 
@@ -1236,6 +1246,47 @@ mod tests {
             "{err}"
         );
         assert_eq!(received(&mut device), b"durable");
+    }
+
+    #[test]
+    fn answers_go_out_while_the_next_request_waits_for_room_in_the_store_queue() {
+        let rt = crate::ingest::testnet::runtime();
+        let (server, mut device) = connection(&rt);
+        let _guard = rt.enter();
+        let (writer, queue, room) = WriterHandle::unattended();
+        let mut out = Outbox::new(Duration::from_secs(1));
+        let durable = out.durable.clone();
+        out.answer(1, |b| b.extend_from_slice(b"hb1"));
+        let seen = Op::Seen {
+            imei: 1,
+            at_ms: 0,
+            login: None,
+            status: None,
+        };
+        let req = WriteReq::one(seen, Some((durable.clone(), 2)));
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_millis(100), server.writable()).await;
+            let send = send_answering(&writer, &mut out, &server, req);
+            tokio::pin!(send);
+            let wait = Duration::from_millis(50);
+            assert!(
+                tokio::time::timeout(wait, &mut send).await.is_err(),
+                "no room"
+            );
+            durable.mark(1);
+            assert!(
+                tokio::time::timeout(wait, &mut send).await.is_err(),
+                "no room"
+            );
+            // A device whose next frame waits for this answer would stall with the store.
+            assert_eq!(received(&mut device), b"hb1", "sent while waiting");
+            room.add_permits(1);
+            let (sent, undelivered) = send.await;
+            assert!(sent.is_ok() && undelivered.is_none());
+        });
+        let req = queue.try_recv().expect("queued once there was room");
+        assert_eq!(req.ack.map(|(_, seq)| seq), Some(2));
+        assert!(!out.waits());
     }
 
     #[test]

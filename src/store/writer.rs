@@ -160,6 +160,22 @@ impl WriterHandle {
     pub fn blocking_send(&self, req: WriteReq) -> Result<(), StoreError> {
         block_on(self.send(req))
     }
+
+    /// A handle with no writer behind it, for sessions' tests: the queue starts with no
+    /// room, and the test plays the writer, giving room with the semaphore and taking
+    /// requests from the receiver.
+    #[cfg(test)]
+    pub(crate) fn unattended() -> (WriterHandle, std_mpsc::Receiver<WriteReq>, Arc<Semaphore>) {
+        let (tx, rx) = std_mpsc::channel();
+        let room = Arc::new(Semaphore::new(0));
+        let handle = WriterHandle {
+            tx,
+            room: room.clone(),
+            stats: Arc::default(),
+            guard: Arc::new(DiskGuard::new(&std::env::temp_dir())),
+        };
+        (handle, rx, room)
+    }
 }
 
 fn permits(req: &WriteReq) -> Result<u32, StoreError> {
