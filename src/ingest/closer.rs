@@ -7,7 +7,13 @@
 //! that inline on the runtime threads delayed the answers of every device still talking
 //! by hundreds of milliseconds. Sessions therefore hand their socket, with its place
 //! under the connection caps, to one thread that runs only when the CPU has nothing
-//! better to do (`SCHED_IDLE`), and so the work lands after the storm.
+//! better to do (`SCHED_IDLE`). Idle priority alone was not enough: in a storm the runtime
+//! threads and the devices' own traffic leave the CPU idle for microseconds at a time,
+//! and the closer's non-preemptible `close` calls filled those gaps, a third of a core
+//! taken from the answers. So it also holds off while connections keep ending: it
+//! closes once hang-ups have paused for [`QUIET`], or once it has held off for
+//! [`HOLD_MAX`], which bounds how long a descriptor outlives its session under steady
+//! churn. The work lands after the storm.
 //!
 //! A socket waiting here still counts against the caps: its descriptor is still open.
 //! So that waiting does not refuse devices, the accept loop closes the oldest queued
@@ -20,17 +26,53 @@ use super::limits::{ConnLimits, Refusal, Slot};
 use crate::ops::metrics::METRICS;
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// A connection that has ended, and its place under the caps (given back once the
 /// descriptor is closed).
 type Ended = (TcpStream, Slot);
 
-#[derive(Default)]
+/// Closing waits until no connection has ended for this long...
+const QUIET: Duration = Duration::from_millis(20);
+/// ...or until it has waited this long: sockets keep their descriptors meanwhile.
+const HOLD_MAX: Duration = Duration::from_secs(2);
+
 struct Queue {
     sockets: Mutex<VecDeque<Ended>>,
     more: Condvar,
+    /// When a socket last came in, in microseconds since `epoch`: written by sessions
+    /// without the lock, read by the closing thread.
+    last_in_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            sockets: Mutex::default(),
+            more: Condvar::new(),
+            last_in_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Queue {
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+/// How much longer the closing thread holds off, when the last connection ended
+/// `since_last` ago and it has held off for `held` already; `None`: close now.
+fn hold_off(since_last: Duration, held: Duration) -> Option<Duration> {
+    if since_last >= QUIET || held >= HOLD_MAX {
+        return None;
+    }
+    Some((QUIET - since_last).min(HOLD_MAX - held))
 }
 
 /// Where sessions leave their sockets to be closed.
@@ -102,6 +144,9 @@ impl Closer {
         };
         let was_empty = q.is_empty();
         q.push_back((sock, slot));
+        self.queue
+            .last_in_us
+            .store(self.queue.now_us(), Ordering::Relaxed);
         METRICS.set_connections_closing(q.len());
         drop(q);
         // The thread waits only on an empty queue: waking it for every socket of a storm
@@ -161,16 +206,26 @@ pub fn admit(limits: &Arc<ConnLimits>, closer: &Closer, ip: IpAddr) -> Result<Sl
 }
 
 fn closing_loop(queue: &Queue) {
+    // Since when the sockets now queued have been held back.
+    let mut holding: Option<Instant> = None;
     loop {
         let ended = {
             let mut q = queue.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                if let Some(e) = q.pop_front() {
-                    METRICS.set_connections_closing(q.len());
-                    break e;
-                }
+            while q.is_empty() {
+                holding = None;
                 q = queue.more.wait(q).unwrap_or_else(|p| p.into_inner());
             }
+            let last_in = queue.last_in_us.load(Ordering::Relaxed);
+            let since_last = Duration::from_micros(queue.now_us().saturating_sub(last_in));
+            let held = holding.get_or_insert_with(Instant::now).elapsed();
+            if let Some(wait) = hold_off(since_last, held) {
+                drop(q);
+                std::thread::sleep(wait);
+                continue;
+            }
+            let e = q.pop_front().expect("the queue is not empty");
+            METRICS.set_connections_closing(q.len());
+            e
         };
         // One at a time, the lock not held while closing: what is still queued stays
         // within reach of the accept loop (`admit`) and of `close_now`.
@@ -242,6 +297,42 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(closer.waiting(), 0);
+    }
+
+    #[test]
+    fn closing_holds_off_while_connections_keep_ending_but_not_for_ever() {
+        let ms = Duration::from_millis;
+        assert_eq!(hold_off(ms(0), ms(0)), Some(QUIET));
+        assert_eq!(hold_off(ms(5), ms(500)), Some(QUIET - ms(5)));
+        assert_eq!(hold_off(QUIET, ms(0)), None, "hang-ups paused");
+        assert_eq!(hold_off(ms(0), HOLD_MAX), None, "held long enough");
+        assert_eq!(hold_off(ms(0), HOLD_MAX - ms(1)), Some(ms(1)));
+    }
+
+    #[test]
+    fn a_burst_of_ended_connections_is_closed_once_it_pauses() {
+        let rt = runtime();
+        let limits = ConnLimits::new(100, 0);
+        let closer = Closer::spawn();
+        let mut devices = Vec::new();
+        for _ in 0..50 {
+            let (server, device) = connection(&rt);
+            closer.close(server, limits.admit(LOCAL).unwrap());
+            devices.push(device);
+        }
+        let paused = Instant::now();
+        for d in &mut devices {
+            assert_eq!(device_sees_end(d, Duration::from_secs(5)), Some(true));
+        }
+        assert!(
+            paused.elapsed() >= QUIET,
+            "closed before the burst had paused for {QUIET:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while limits.open() > 0 {
+            assert!(Instant::now() < deadline, "places were never given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
