@@ -34,8 +34,8 @@ use tokio::net::TcpStream;
 /// A connection that has ended, and its place under the caps (given back once the
 /// descriptor is closed). The socket is already out of the runtime's reactor: dropping a
 /// tokio socket here would take the reactor's lock on this idle-priority thread, and a
-/// runtime thread that then needed it waited for as long as the machine stayed busy
-/// (answers stalled 200–280 ms after a storm).
+/// runtime thread that needed it while this one was preempted holding it would wait for
+/// as long as the machine stayed busy.
 type Ended = (std::net::TcpStream, Slot);
 
 /// Closing waits until no connection has ended for this long...
