@@ -288,6 +288,15 @@ mod tests {
         }
     }
 
+    /// Waits (at most 5 s) until every place under the caps is given back.
+    fn wait_for_places_given_back(limits: &ConnLimits) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while limits.open() > 0 {
+            assert!(Instant::now() < deadline, "places were never given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn the_closing_thread_ends_the_connection_and_then_gives_its_place_back() {
         let rt = runtime();
@@ -300,11 +309,7 @@ mod tests {
             Some(true),
             "the device never saw the connection end"
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while limits.open() > 0 {
-            assert!(Instant::now() < deadline, "the place was never given back");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_places_given_back(&limits);
         assert_eq!(closer.waiting(), 0);
     }
 
@@ -337,11 +342,7 @@ mod tests {
             paused.elapsed() >= QUIET,
             "closed before the burst had paused for {QUIET:?}"
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while limits.open() > 0 {
-            assert!(Instant::now() < deadline, "places were never given back");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_places_given_back(&limits);
     }
 
     #[test]
