@@ -288,6 +288,23 @@ mod tests {
         }
     }
 
+    /// `n` connections whose sessions have ended, each handed to `closer` with the place
+    /// `place` gives it; the devices' ends.
+    fn ended(
+        rt: &tokio::runtime::Runtime,
+        closer: &Closer,
+        n: usize,
+        mut place: impl FnMut() -> Slot,
+    ) -> Vec<std::net::TcpStream> {
+        (0..n)
+            .map(|_| {
+                let (server, device) = connection(rt);
+                closer.close(server, place());
+                device
+            })
+            .collect()
+    }
+
     /// Waits (at most 5 s) until every place under the caps is given back.
     fn wait_for_places_given_back(limits: &ConnLimits) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -328,12 +345,7 @@ mod tests {
         let rt = runtime();
         let limits = ConnLimits::new(100, 0);
         let closer = Closer::spawn();
-        let mut devices = Vec::new();
-        for _ in 0..50 {
-            let (server, device) = connection(&rt);
-            closer.close(server, limits.admit(LOCAL).unwrap());
-            devices.push(device);
-        }
+        let mut devices = ended(&rt, &closer, 50, || limits.admit(LOCAL).unwrap());
         let paused = Instant::now();
         for d in &mut devices {
             assert_eq!(device_sees_end(d, Duration::from_secs(5)), Some(true));
@@ -351,12 +363,7 @@ mod tests {
         let n = CLOSE_FOR_ROOM + 10;
         let limits = ConnLimits::new(n, 0);
         let closer = Closer::held();
-        let mut devices = Vec::new();
-        for _ in 0..n {
-            let (server, device) = connection(&rt);
-            closer.close(server, limits.admit(LOCAL).unwrap());
-            devices.push(device);
-        }
+        let mut devices = ended(&rt, &closer, n, || limits.admit(LOCAL).unwrap());
         let _slot = admit(&limits, &closer, LOCAL).unwrap();
         assert_eq!(closer.waiting(), 10);
         assert_eq!(limits.open(), 11);
@@ -376,12 +383,7 @@ mod tests {
         let rt = runtime();
         let limits = ConnLimits::new(2, 0);
         let closer = Closer::held();
-        let mut devices = Vec::new();
-        for _ in 0..2 {
-            let (server, device) = connection(&rt);
-            closer.close(server, admit(&limits, &closer, LOCAL).unwrap());
-            devices.push(device);
-        }
+        let mut devices = ended(&rt, &closer, 2, || admit(&limits, &closer, LOCAL).unwrap());
         // Waiting sockets are open and hold their places.
         assert_eq!(closer.waiting(), 2);
         assert_eq!(limits.open(), 2);
