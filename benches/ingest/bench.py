@@ -12,6 +12,11 @@ another, so the ratios of a round come from the same minutes of the machine):
   d  reconnect storm: 19,900 trackers within 5 s to a restarted server holding b's store
   e  bad input under load: 5,000 trackers at 1 Hz, then again beside misbehaving clients
   c  soak: 1,000 trackers at 1 Hz for --soak-minutes, as consecutive one-minute loads
+In the scenarios named by --pin (default b) every server runs on CPU 0 and every gt06load
+on CPU 1: the meter on the other core. Unpinned, the last second of (b) (19,800 trackers
+send their final heartbeat and hang up) needs about a core of the meter's one thread and a
+core of the server's, and whichever server it is, its threads and the meter's compete for
+the two: the meter, starved, reads answers late and counts its own queue as latency.
 Every measurement samples the server's RSS every 0.5 s, takes CPU seconds of the server,
 PostgreSQL, gt06load and what else ran on the machine, and for the storing servers checks
 with verify_record.py that everything gt06load sent was stored. Results go to
@@ -132,6 +137,7 @@ class Bench:
         self.results = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv,
                         "machine": machine_notes(), "rounds": []}
         self.next_ts = int(time.time())
+        self.scenario = None
         self.gt06_tcp_extra = tcp_extra_keys(a.config_example, a.tcp_extra)
 
     # ---- bookkeeping
@@ -151,6 +157,31 @@ class Bench:
             args += ["-c", c]
         return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
 
+    # ---- where processes run
+    def cpus(self, role):
+        """The CPUs a `role` ("server" or "load") process gets in the current scenario, or
+        None (anywhere)."""
+        if self.scenario not in self.a.pin or (os.cpu_count() or 1) < 2:
+            return None
+        return {0} if role == "server" else {1}
+
+    def popen(self, role, cmd, **kw):
+        cpus = self.cpus(role)
+        if cpus:
+            kw["preexec_fn"] = lambda: os.sched_setaffinity(0, cpus)
+        return subprocess.Popen(cmd, **kw)
+
+    def pin_postgres(self, cpus):
+        """PostgreSQL is part of the peer's server: its processes (and the backends the
+        postmaster forks later) go where the peer goes; None gives them every CPU back."""
+        cpus = cpus or set(range(os.cpu_count() or 1))
+        out = subprocess.run(["ps", "-C", "postgres", "-o", "pid="], capture_output=True, text=True).stdout
+        for pid in out.split():
+            try:
+                os.sched_setaffinity(int(pid), cpus)
+            except OSError:
+                pass
+
     # ---- servers
     def start(self, kind, d, data_dir=None):
         """kind: sink | peer-db | peer-nodb | gt06. Returns a dict describing the process."""
@@ -159,13 +190,15 @@ class Bench:
         t0 = time.monotonic()
         srv = {"kind": kind, "dir": d, "log": logf.name}
         if kind == "sink":
-            p = subprocess.Popen([self.sink_bin, "127.0.0.1:0"], stdout=logf, stderr=subprocess.STDOUT)
+            p = self.popen("server", [self.sink_bin, "127.0.0.1:0"], stdout=logf, stderr=subprocess.STDOUT)
             srv["tcp"] = wait_for_line(logf.name, r"listening (\S+)", 10)
         elif kind.startswith("peer"):
             port = free_port()
             env = dict(os.environ, NO_DB="1" if kind == "peer-nodb" else "0", STATS_MS="250",
                        PGPORT=str(self.a.pgport))
-            p = subprocess.Popen([os.path.join(self.peer_dir, "run.sh"), str(port)], stdout=logf,
+            if kind == "peer-db" and self.cpus("server"):
+                self.pin_postgres(self.cpus("server"))
+            p = self.popen("server", [os.path.join(self.peer_dir, "run.sh"), str(port)], stdout=logf,
                                  stderr=subprocess.STDOUT, env=env)
             wait_for_line(logf.name, r"(listening)", 15)
             srv["tcp"] = f"127.0.0.1:{port}"
@@ -180,7 +213,7 @@ class Bench:
                         f'[tcp]\nlisten = "127.0.0.1:0"\n{self.gt06_tcp_extra}')
                 if self.a.store_extra:
                     f.write("\n[store]\n" + "\n".join(x.strip() for x in self.a.store_extra.split(";")) + "\n")
-            p = subprocess.Popen([self.a.gt06, "serve", "--config", cfg], stdout=logf, stderr=subprocess.STDOUT)
+            p = self.popen("server", [self.a.gt06, "serve", "--config", cfg], stdout=logf, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 120
             while not os.path.exists(ports):
                 if p.poll() is not None or time.monotonic() > deadline:
@@ -190,6 +223,7 @@ class Bench:
             pj = json.load(open(ports))
             srv.update(tcp=pj["tcp"], http=pj["http"], data_dir=data_dir)
         srv["startup_s"] = round(time.monotonic() - t0, 2)
+        srv["cpus"] = sorted(self.cpus("server") or [])
         srv["proc"] = p
         srv["pid"] = p.pid
         srv["sampler"] = Sampler(p.pid)
@@ -208,6 +242,8 @@ class Bench:
                 p.kill()
                 p.wait()
         srv["sampler"].stop_ev.set()
+        if srv["kind"] == "peer-db" and srv["cpus"]:
+            self.pin_postgres(None)
         return {"exit_code": p.returncode, "stop_s": round(time.monotonic() - t0, 2)}
 
     # ---- one load run against one server
@@ -224,7 +260,7 @@ class Bench:
         if rec:
             cmd += ["--record", rec]
         with open(os.path.join(d, f"{name}.load.txt"), "w") as lf:
-            p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT)
+            p = self.popen("load", cmd, stdout=lf, stderr=subprocess.STDOUT)
             _, status, ru = os.wait4(p.pid, 0)
         rc = os.waitstatus_to_exitcode(status)
         load = json.load(open(out_json)) if os.path.exists(out_json) else {}
@@ -252,7 +288,8 @@ class Bench:
         if side_t:
             side_t.join()
         r = {"server": kind, "name": name, "gt06load_cmd": cmd, "gt06load_exit": rc, "wall_start": w0,
-             "busy_before_pct_of_core": quiet, "time_wait_before": tw}
+             "busy_before_pct_of_core": quiet, "time_wait_before": tw,
+             "server_cpus": srv["cpus"], "gt06load_cpus": sorted(self.cpus("load") or [])}
         if kind == "peer-db" and peer_drain:
             r.update(self.peer_drain(srv, load, w0))
         t2 = time.monotonic()
@@ -578,6 +615,7 @@ class Bench:
             rnd = {"round": i + 1, "started": time.strftime("%H:%M:%S"), "loadavg_start": loadavg()}
             self.results["rounds"].append(rnd)
             for sc in self.a.scenarios:
+                self.scenario = sc
                 t0 = time.monotonic()
                 try:
                     if sc == "a":
@@ -596,6 +634,7 @@ class Bench:
             if self.a.soak == "each" or (self.a.soak == "once" and i == 0):
                 t0 = time.monotonic()
                 try:
+                    self.scenario = "c"
                     rnd["c"] = self.scenario_c(rd)
                 except Exception as e:
                     log(f"scenario c failed: {e!r}")
@@ -808,7 +847,9 @@ def report(res):
     if rows:
         to_end = any((r.get("probe") or {}).get("to_end") for _, b in rows for r in b.values()
                      if isinstance(r, dict))
+        pinned = any(r.get("server_cpus") for _, b in rows for r in b.values() if isinstance(r, dict))
         L += ["### b) 19,900 trackers at 1 fix/s", "",
+              *(["Servers on CPU 0, gt06load (fleet and probe) on CPU 1.", ""] if pinned else []),
               f"| round | server | logins ok | HB sent / unACKed | HB ACK p50 / p99 / max ms | probe{' (to the end)' if to_end else ''} HB p50 / p99 / max ms (unACKed) | RSS max MiB | stored: missing of sent | peer backlog after load s | server CPU s | other CPU s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, b in rows:
@@ -913,6 +954,8 @@ def main():
     p.add_argument("--quiet-wait", type=float, default=10,
                    help="longest wait for the machine to be quiet before each measurement, s")
     p.add_argument("--pgport", type=int, default=54329)
+    p.add_argument("--pin", default="b",
+                   help="scenarios in which servers run on CPU 0 and gt06load on CPU 1 ('' for none)")
     p.add_argument("--src-ips", type=int, default=4, help="gt06load --src-ips (127.0.0.1..N)")
     p.add_argument("--keep", action="store_true", help="keep records and exports")
     p.add_argument("--servers-a", default="sink,peer-nodb,peer-db,gt06")
@@ -922,6 +965,7 @@ def main():
     p.add_argument("--servers-e", default="gt06")
     a = p.parse_args()
     a.scenarios = [x for x in a.scenarios.split(",") if x and x != "c"]
+    a.pin = {x for x in a.pin.split(",") if x}
     for k in ("servers_a", "servers_b", "servers_c", "servers_d", "servers_e"):
         setattr(a, k, [x for x in getattr(a, k).split(",") if x])
     Bench(a).run()

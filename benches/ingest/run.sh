@@ -8,7 +8,8 @@
 #   env: REPEATS (3), SCENARIOS (a,b,d,e), SOAK (once|each|off; default once: the
 #        10-minute soak (c) runs in round 1 only), OUT (SCRATCH/results-DATE),
 #        GT06_TCP_EXTRA ('key = value;...' extra [tcp] lines for gt06's config),
-#        NICE (-10: priority of everything the benchmark runs, PostgreSQL included)
+#        NICE (-10: priority of everything the benchmark runs, PostgreSQL included);
+#        bench.py --pin (default b): scenarios run with servers on CPU 0, gt06load on CPU 1
 #
 # Builds: gt06 (cargo build --release, here), gt06load + nullsink (release, in SCRATCH),
 # the peer (its setup.sh: PostgreSQL via apt if absent, npm ci). Then bench.py runs the
