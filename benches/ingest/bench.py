@@ -865,8 +865,8 @@ def report(res):
         pinned = any(r.get("server_cpus") for _, b in rows for r in b.values() if isinstance(r, dict))
         L += ["### b) 19,900 trackers at 1 fix/s", "",
               *(["Servers on CPU 0, gt06load (fleet and probe) on CPU 1.", ""] if pinned else []),
-              *([f"Before round 1, the same fleet against nullsink, unmeasured (its HB ACK p99 {hb(w)} ms).", ""]
-                for w in [rows[0][1].get("_warmup")] if w),
+              *([f"Before round 1, the same fleet against nullsink, unmeasured (its HB ACK p99 "
+                 f"{hb(rows[0][1]['_warmup'])} ms).", ""] if rows[0][1].get("_warmup") else []),
               f"| round | server | logins ok | HB sent / unACKed | HB ACK p50 / p99 / max ms | probe{' (to the end)' if to_end else ''} HB p50 / p99 / max ms (unACKed) | RSS max MiB | stored: missing of sent | peer backlog after load s | server CPU s | other CPU s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, b in rows:

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,19 +99,32 @@ impl Refusal {
     }
 }
 
+/// The per-address table is swept of addresses with no connection when it reaches this
+/// many entries, or twice what the last sweep left, whichever is more.
+const SWEEP_MIN: usize = 1024;
+
 /// Counts open tracker connections, in total and per address.
+///
+/// Places are taken under a lock (two admissions must not both get the last one) but
+/// given back without it: slots are dropped on the closer's idle-priority thread, and a
+/// lock that thread held while preempted would stop the accept loop, and the runtime
+/// thread under it, for as long as the machine stayed busy.
 #[derive(Debug)]
 pub struct ConnLimits {
     max_total: usize,
     /// 0 = no per-address cap (and no per-address bookkeeping).
     max_per_ip: usize,
+    /// Connections holding a slot: raised under `state`'s lock, lowered without it.
+    open: AtomicUsize,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    total: usize,
-    per_ip: HashMap<IpAddr, u32>,
+    /// Connections per address; each slot holds its address's counter and lowers it
+    /// when dropped. Addresses down to zero stay until the next sweep.
+    per_ip: HashMap<IpAddr, Arc<AtomicU32>>,
+    sweep_at: usize,
     /// When a refusal from an address was last logged.
     warned: HashMap<IpAddr, Instant>,
 }
@@ -120,7 +134,11 @@ impl ConnLimits {
         Arc::new(ConnLimits {
             max_total: max_total.max(1),
             max_per_ip,
-            state: Mutex::new(State::default()),
+            open: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                sweep_at: SWEEP_MIN,
+                ..State::default()
+            }),
         })
     }
 
@@ -134,26 +152,34 @@ impl ConnLimits {
 
     /// Connections holding a slot now.
     pub fn open(&self) -> usize {
-        self.state.lock().map(|s| s.total).unwrap_or(0)
+        self.open.load(Ordering::Acquire)
     }
 
     /// A slot for a connection from `ip`, or why not. The slot is given back on drop.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.total >= self.max_total {
+        // Slots may be given back meanwhile; that only makes room.
+        if self.open.load(Ordering::Acquire) >= self.max_total {
             return Err(Refusal::Global);
         }
-        if self.max_per_ip > 0 {
-            let n = s.per_ip.entry(ip).or_insert(0);
-            if *n as usize >= self.max_per_ip {
+        let per_ip = if self.max_per_ip > 0 {
+            if s.per_ip.len() >= s.sweep_at {
+                s.per_ip.retain(|_, n| n.load(Ordering::Acquire) > 0);
+                s.sweep_at = (2 * s.per_ip.len()).max(SWEEP_MIN);
+            }
+            let n = s.per_ip.entry(ip).or_default().clone();
+            if n.load(Ordering::Acquire) as usize >= self.max_per_ip {
                 return Err(Refusal::PerIp);
             }
-            *n += 1;
-        }
-        s.total += 1;
+            n.fetch_add(1, Ordering::AcqRel);
+            Some(n)
+        } else {
+            None
+        };
+        self.open.fetch_add(1, Ordering::AcqRel);
         Ok(Slot {
             limits: self.clone(),
-            ip,
+            per_ip,
         })
     }
 
@@ -174,31 +200,23 @@ impl ConnLimits {
             }
         }
     }
-
-    fn release(&self, ip: IpAddr) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.total = s.total.saturating_sub(1);
-        if self.max_per_ip > 0 {
-            if let Some(n) = s.per_ip.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    s.per_ip.remove(&ip);
-                }
-            }
-        }
-    }
 }
 
 /// One admitted connection's place under the caps.
 #[derive(Debug)]
 pub struct Slot {
     limits: Arc<ConnLimits>,
-    ip: IpAddr,
+    /// Its address's counter, when there is a per-address cap.
+    per_ip: Option<Arc<AtomicU32>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.limits.release(self.ip);
+        // Each counter was raised once for this slot, so it is at least one here.
+        if let Some(n) = &self.per_ip {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -291,6 +309,42 @@ mod tests {
         let _x = l.admit(a).unwrap();
         let _y = l.admit(a).unwrap();
         assert_eq!(l.admit(a).unwrap_err(), Refusal::Global);
+    }
+
+    #[test]
+    fn a_slot_is_given_back_while_the_caps_lock_is_held() {
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let l = ConnLimits::new(2, 1);
+        let slot = l.admit(a).unwrap();
+        // As if the accept loop were inside `admit` when the closer drops a slot.
+        let held = l.state.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(slot);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "dropping a slot waited for the lock admissions take"
+        );
+        assert_eq!(l.open(), 0);
+        drop(held);
+        let _again = l.admit(a).expect("the address's place came back");
+    }
+
+    #[test]
+    fn addresses_that_left_are_swept_and_those_still_here_keep_their_count() {
+        let stays: IpAddr = [10, 0, 0, 1].into();
+        let l = ConnLimits::new(100_000, 1);
+        let _kept = l.admit(stays).unwrap();
+        for i in 0..5_000u32 {
+            let ip: IpAddr = [10, 1, (i >> 8) as u8, i as u8].into();
+            drop(l.admit(ip).unwrap());
+        }
+        let table = l.state.lock().unwrap().per_ip.len();
+        assert!(table <= SWEEP_MIN, "{table} addresses remembered");
+        assert_eq!(l.admit(stays).unwrap_err(), Refusal::PerIp);
+        assert_eq!(l.open(), 1);
     }
 
     #[test]
