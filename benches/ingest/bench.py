@@ -199,10 +199,10 @@ class Bench:
             port = free_port()
             env = dict(os.environ, NO_DB="1" if kind == "peer-nodb" else "0", STATS_MS="250",
                        PGPORT=str(self.a.pgport))
-            if kind == "peer-db" and self.cpus("server"):
+            if kind == "peer-db":
                 self.pin_postgres(self.cpus("server"))
             p = self.popen("server", [os.path.join(self.peer_dir, "run.sh"), str(port)], stdout=logf,
-                                 stderr=subprocess.STDOUT, env=env)
+                           stderr=subprocess.STDOUT, env=env)
             wait_for_line(logf.name, r"(listening)", 15)
             srv["tcp"] = f"127.0.0.1:{port}"
         else:
@@ -245,7 +245,7 @@ class Bench:
                 p.kill()
                 p.wait()
         srv["sampler"].stop_ev.set()
-        if srv["kind"] == "peer-db" and srv["cpus"]:
+        if srv["kind"] == "peer-db":
             self.pin_postgres(None)
         return {"exit_code": p.returncode, "stop_s": round(time.monotonic() - t0, 2)}
 
