@@ -167,12 +167,12 @@ impl ConnLimits {
                 s.per_ip.retain(|_, n| n.load(Ordering::Acquire) > 0);
                 s.sweep_at = (2 * s.per_ip.len()).max(SWEEP_MIN);
             }
-            let n = s.per_ip.entry(ip).or_default().clone();
+            let n = s.per_ip.entry(ip).or_default();
             if n.load(Ordering::Acquire) as usize >= self.max_per_ip {
                 return Err(Refusal::PerIp);
             }
             n.fetch_add(1, Ordering::AcqRel);
-            Some(n)
+            Some(n.clone())
         } else {
             None
         };
