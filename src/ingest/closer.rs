@@ -18,6 +18,8 @@
 //! A socket waiting here still counts against the caps: its descriptor is still open.
 //! So that waiting does not refuse devices, the accept loop closes the oldest queued
 //! sockets, a few hundred at a time, when a cap would refuse, and asks again ([`admit`]).
+//! It waits for the queue's lock only briefly: the closing thread's idle priority must
+//! never become the accept loop's.
 //!
 //! This room never reads or writes a socket, only closes them, and never makes a
 //! session wait: a session that finds the queue's lock taken closes its socket itself.
@@ -168,21 +170,30 @@ impl Closer {
     /// Closes every waiting socket now, on the caller's thread; how many there were.
     /// (The one the closing thread may be closing at that moment is not among them.)
     pub fn close_now(&self) -> usize {
-        self.close_oldest(usize::MAX)
+        let q = self.queue.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        close_from(q, usize::MAX)
     }
 
-    /// Closes up to `max` of the longest-waiting sockets now, on the caller's thread.
+    /// Closes up to `max` of the longest-waiting sockets now, on the caller's thread (the
+    /// accept loop). It waits at most [`ROOM_LOCK_WAIT`] for the queue's lock: the other
+    /// thread that takes it runs at idle priority, and if that thread was preempted
+    /// holding it, waiting would stop the accept loop, and the runtime thread under it,
+    /// until the machine had nothing better to do. Not getting the lock counts as
+    /// nothing to close, so the device is refused (with its log line) and tries again.
     fn close_oldest(&self, max: usize) -> usize {
-        let taken: Vec<Ended> = {
-            let mut q = self.queue.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            let n = q.len().min(max);
-            let taken = q.drain(..n).collect();
-            METRICS.set_connections_closing(q.len());
-            taken
-        };
-        let n = taken.len();
-        taken.into_iter().for_each(end);
-        n
+        let deadline = Instant::now() + ROOM_LOCK_WAIT;
+        loop {
+            match self.queue.sockets.try_lock() {
+                Ok(q) => return close_from(q, max),
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    return close_from(p.into_inner(), max)
+                }
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return 0,
+            }
+        }
     }
 
     /// Sockets waiting to be closed (`/metrics` shows the same, without the lock).
@@ -200,6 +211,21 @@ impl Closer {
 /// closes (~10 ms) make room for as many devices, without stalling the accept loop for
 /// the whole queue after a mass hang-up (~50 µs a socket).
 const CLOSE_FOR_ROOM: usize = 256;
+
+/// How long the accept loop tries for the queue's lock to make room. The closing thread
+/// holds it for one `pop_front` at a time, well under a microsecond when it is running.
+const ROOM_LOCK_WAIT: Duration = Duration::from_millis(1);
+
+/// Takes up to `max` of the longest-waiting sockets out of the locked queue, lets the lock
+/// go, and closes them; how many there were.
+fn close_from(mut q: std::sync::MutexGuard<'_, VecDeque<Ended>>, max: usize) -> usize {
+    let n = q.len().min(max);
+    let taken: Vec<Ended> = q.drain(..n).collect();
+    METRICS.set_connections_closing(q.len());
+    drop(q);
+    taken.into_iter().for_each(end);
+    n
+}
 
 /// A place under the caps for a connection from `ip`. Sockets of ended connections that
 /// still wait here hold places too; rather than refuse a device for them, the oldest are
@@ -376,6 +402,40 @@ mod tests {
             device_sees_end(&mut devices[n - 1], Duration::from_millis(50)),
             None
         );
+    }
+
+    #[test]
+    fn the_accept_loop_does_not_wait_for_a_closing_thread_stuck_holding_the_queue() {
+        let rt = runtime();
+        let limits = ConnLimits::new(1, 0);
+        let closer = Closer::held();
+        let _device = ended(&rt, &closer, 1, || limits.admit(LOCAL).unwrap());
+        // The closing thread, preempted inside its `pop_front`, holds the queue for 2 s.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (taken_tx, taken) = std::sync::mpsc::channel::<()>();
+        let queue = closer.queue.clone();
+        let stuck = std::thread::spawn(move || {
+            let _q = queue.sockets.lock().unwrap();
+            taken_tx.send(()).unwrap();
+            let _ = held.recv_timeout(Duration::from_secs(2));
+        });
+        taken.recv().unwrap();
+        let asked = Instant::now();
+        assert_eq!(
+            admit(&limits, &closer, LOCAL).err(),
+            Some(Refusal::Global),
+            "no room can be made while the queue is held"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "the accept loop waited {:?} for the closing thread",
+            asked.elapsed()
+        );
+        release.send(()).unwrap();
+        stuck.join().unwrap();
+        // Once the lock is free again, the waiting socket makes room as before.
+        let _slot = admit(&limits, &closer, LOCAL).expect("refused for a socket nobody uses");
+        assert_eq!(closer.waiting(), 0);
     }
 
     #[test]
