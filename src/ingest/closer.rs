@@ -29,7 +29,7 @@ use crate::ops::metrics::METRICS;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -148,10 +148,8 @@ impl Closer {
         // A runtime thread never waits for this lock: the thread that also takes it runs
         // at idle priority, and if it was preempted holding it, waiting would hand the
         // session's thread that priority. Taken (rarely), the socket is closed here.
-        let mut q = match self.queue.sockets.try_lock() {
-            Ok(q) => q,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return end((sock, slot)),
+        let Some(mut q) = self.try_queue() else {
+            return end((sock, slot));
         };
         let was_empty = q.is_empty();
         q.push_back((sock, slot));
@@ -183,16 +181,23 @@ impl Closer {
     fn close_oldest(&self, max: usize) -> usize {
         let deadline = Instant::now() + ROOM_LOCK_WAIT;
         loop {
-            match self.queue.sockets.try_lock() {
-                Ok(q) => return close_from(q, max),
-                Err(std::sync::TryLockError::Poisoned(p)) => {
-                    return close_from(p.into_inner(), max)
-                }
-                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::yield_now()
-                }
-                Err(std::sync::TryLockError::WouldBlock) => return 0,
+            if let Some(q) = self.try_queue() {
+                return close_from(q, max);
             }
+            if Instant::now() >= deadline {
+                return 0;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The queue, if its lock is free now (a poisoned lock is as good: the queue itself
+    /// is never left half-changed).
+    fn try_queue(&self) -> Option<MutexGuard<'_, VecDeque<Ended>>> {
+        match self.queue.sockets.try_lock() {
+            Ok(q) => Some(q),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 
@@ -218,7 +223,7 @@ const ROOM_LOCK_WAIT: Duration = Duration::from_millis(1);
 
 /// Takes up to `max` of the longest-waiting sockets out of the locked queue, lets the lock
 /// go, and closes them; how many there were.
-fn close_from(mut q: std::sync::MutexGuard<'_, VecDeque<Ended>>, max: usize) -> usize {
+fn close_from(mut q: MutexGuard<'_, VecDeque<Ended>>, max: usize) -> usize {
     let n = q.len().min(max);
     let taken: Vec<Ended> = q.drain(..n).collect();
     METRICS.set_connections_closing(q.len());
